@@ -1,0 +1,24 @@
+"""User-facing errors: the CLI prints their message as one line on stderr and exits with status 2."""
+
+
+class BenchError(Exception):
+    """A problem with what the user asked for (bad name, bad value, bad file), not a bug in benchbench."""
+
+
+class InvalidArgument(BenchError, ValueError):
+    """A value outside its allowed range (σ ≤ 0, α ∉ (0, 1), …)."""
+
+
+class UnknownName(BenchError, KeyError):
+    """A registry lookup for a name nobody registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(BenchError):
+    """A model that is missing, corrupt, or cannot be fetched."""
+
+
+class RunConflict(BenchError):
+    """An output directory that already holds a run with a different configuration."""
