@@ -1,0 +1,216 @@
+"""The purifier registry: one name → one factory, from decorators or from installed entry points.
+
+A purifier plugin is any callable factory (usually a class) whose keyword parameters are the purifier's
+user-facing parameters, plus optionally the harness-provided ``device`` and ``dataset``. It returns an
+object satisfying :class:`Purifier`. Third-party packages expose factories through the entry-point group
+``benchbench.purifiers``; benchbench's own built-ins are declared the same way in its pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from benchbench.errors import BenchError, InvalidArgument, UnknownName
+
+ENTRY_POINT_GROUP = "benchbench.purifiers"
+
+# Keyword arguments the harness fills in itself; they are not user parameters of a purifier.
+HARNESS_PARAMS = ("device", "dataset")
+
+
+@runtime_checkable
+class Purifier(Protocol):
+    """Maps noisy images back towards clean ones.
+
+    ``__call__(x_noisy, sigma)``: x_noisy = x + δ with x in [0, 1] and δ ~ N(0, σ²I), σ in that same
+    image scale (a diffusion model working in [-1, 1] sees noise level 2σ); shape (B, C, H, W), float.
+    Returns purified images in [0, 1] with the same shape, on the same device.
+
+    ``networks``: every torch module whose forward calls count as network function evaluations (NFE);
+    the harness counts NFE by hooking these modules, so a purifier never reports its own NFE.
+
+    Optional: ``fingerprint`` (str), a hash of the weights it loaded, recorded in the run's config; and
+    ``manual_seed(seed)``, called before each (image, σ) so a stochastic purifier is reproducible.
+    """
+
+    networks: Sequence[torch.nn.Module]
+
+    def __call__(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor: ...
+
+
+Factory = Callable[..., Purifier]
+
+_registered: dict[str, Factory] = {}
+
+
+def register_purifier(name: str) -> Callable[[Factory], Factory]:
+    """Decorator that registers a purifier factory under ``name``; registering another one under a taken
+    name is an error (re-registering the same object is not)."""
+
+    def decorate(factory: Factory) -> Factory:
+        existing = _registered.get(name)
+        if existing is not None and existing is not factory:
+            raise BenchError(f"purifier name {name!r} is already registered to {_qualname(existing)}")
+        _registered[name] = factory
+        return factory
+
+    return decorate
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_purifiers(pattern: str = "*") -> list[str]:
+    """Sorted names of all purifiers, registered or installed, matching a shell-style ``pattern``."""
+    names = set(_registered) | set(_entry_points())
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def get_factory(name: str) -> Factory:
+    """The factory registered under ``name``, loading its entry point on first use."""
+    if name in _registered:
+        return _registered[name]
+    eps = _entry_points()
+    if name not in eps:
+        known = available_purifiers()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownName(f"unknown purifier {name!r}{hint} (available: {', '.join(known) or 'none'})")
+    try:
+        factory = eps[name].load()
+    except Exception as exc:  # a broken plugin must not take the harness down with a traceback
+        raise BenchError(f"purifier plugin {name!r} ({eps[name].value}) failed to load: {exc}") from exc
+    return register_purifier(name)(factory)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-facing parameter of a purifier, read from its factory's signature."""
+
+    name: str
+    default: Any
+    kind: type
+
+    def parse(self, text: str) -> Any:
+        """Convert a command-line string to this parameter's type."""
+        try:
+            if self.kind is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return self.kind(text)
+        except ValueError:
+            raise InvalidArgument(f"parameter {self.name}={text!r} is not a valid {self.kind.__name__}") from None
+
+
+def purifier_params(name: str) -> list[Param]:
+    """The user-facing parameters of purifier ``name``, in signature order."""
+    factory = get_factory(name)
+    params = []
+    for p in inspect.signature(factory, eval_str=True).parameters.values():
+        if p.name in HARNESS_PARAMS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        kind = _scalar_type(p.annotation, default)
+        params.append(Param(p.name, default, kind))
+    return params
+
+
+def _scalar_type(annotation: Any, default: Any) -> type:
+    for candidate in (bool, int, float, str):
+        if annotation is candidate or (annotation is inspect.Parameter.empty and type(default) is candidate):
+            return candidate
+    # Optional[...] and unions: take the first scalar member.
+    for arg in getattr(annotation, "__args__", ()):
+        if arg in (bool, int, float, str):
+            return arg
+    return str
+
+
+def describe(name: str) -> str:
+    """The first line of the purifier's docstring."""
+    doc = inspect.getdoc(get_factory(name)) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+@dataclass(frozen=True)
+class PurifierSpec:
+    """A purifier name with the parameters the user set, e.g. ``pfode:steps=10:solver=heun``."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The row label used in every table: ``name`` or ``name(k=v,...)`` in signature order."""
+        if not self.params:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={v}' for k, v in self.params.items())})"
+
+    @classmethod
+    def parse(cls, text: str) -> "PurifierSpec":
+        """Parse ``name[:key=value]...``; values are converted to the parameter's declared type."""
+        name, *pairs = text.strip().split(":")
+        known = {p.name: p for p in purifier_params(name)}  # raises UnknownName for a bad name
+        given: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise InvalidArgument(f"bad purifier parameter {pair!r} in {text!r}: expected key=value")
+            if key not in known:
+                accepted = ", ".join(known) or "none"
+                raise InvalidArgument(f"purifier {name!r} has no parameter {key!r} (accepted: {accepted})")
+            given[key] = known[key].parse(value)
+        ordered = {k: given[k] for k in known if k in given}
+        return cls(name, ordered)
+
+
+def parse_purifier_list(text: str) -> list[PurifierSpec]:
+    """Parse a comma-separated list of purifier specs; ``all`` means every available purifier with its
+    defaults."""
+    items = [t for t in (s.strip() for s in text.split(",")) if t]
+    if not items:
+        raise InvalidArgument("no purifier given")
+    specs: list[PurifierSpec] = []
+    for item in items:
+        if item == "all":
+            specs.extend(PurifierSpec(n) for n in available_purifiers())
+        else:
+            specs.append(PurifierSpec.parse(item))
+    labels = [s.label for s in specs]
+    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dupes:
+        raise InvalidArgument(f"purifier listed twice: {', '.join(dupes)}")
+    return specs
+
+
+def get_purifier(name: str, **params: Any) -> Purifier:
+    """Build purifier ``name`` with ``params`` (user parameters plus optional ``device``/``dataset``)."""
+    factory = get_factory(name)
+    accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    call = {}
+    for key, value in params.items():
+        if key in accepted or takes_any:
+            call[key] = value
+        elif key not in HARNESS_PARAMS:
+            names = ", ".join(p.name for p in purifier_params(name)) or "none"
+            raise InvalidArgument(f"purifier {name!r} has no parameter {key!r} (accepted: {names})")
+    purifier = factory(**call)
+    if not callable(purifier) or not hasattr(purifier, "networks"):
+        raise BenchError(f"purifier {name!r} does not follow the Purifier protocol (callable with .networks)")
+    return purifier

@@ -1,0 +1,15 @@
+"""No purification: the plain smoothed classifier of Cohen et al. (2019)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class IdentityPurifier:
+    """No purification: the classifier sees x + δ itself (Cohen et al. 2019)."""
+
+    networks: tuple[torch.nn.Module, ...] = ()
+
+    def __call__(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+        # Values outside [0, 1] are kept: clipping would change the base classifier Cohen et al. certify.
+        return x_noisy
