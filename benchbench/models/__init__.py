@@ -1,0 +1,1 @@
+"""Network definitions and the one way benchbench loads a model (:mod:`benchbench.models.store`)."""

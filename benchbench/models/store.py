@@ -1,0 +1,116 @@
+"""The one way benchbench finds and loads a model.
+
+A model reference is one of:
+
+* an embedded name (``digits``): a model trained by benchbench and shipped in ``benchbench/assets``;
+* a local directory in diffusers' ``save_pretrained`` layout (``./models/my-ddpm``, ``/abs/path``);
+* a Hugging Face hub id (``google/ddpm-cifar10-32``), fetched by diffusers; offline this fails with one
+  clear :class:`~benchbench.errors.CheckpointError`, never silently.
+
+A DDPM is a ``DDPMPipeline`` folder: ``unet/`` (``UNet2DModel``) and ``scheduler/`` (``DDPMScheduler``).
+A classifier is a folder holding a :class:`~benchbench.models.classifier.SmallCNN` (or any diffusers
+``ModelMixin`` named in its config) with ``config.json`` beside the safetensors weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchbench.errors import CheckpointError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MANIFEST = "manifest.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def embedded_path(name: str, kind: str) -> Path:
+    """Where the embedded model ``name`` of ``kind`` (``classifier``, ``ddpm``, …) lives in the package."""
+    return ASSETS / name / kind
+
+
+def resolve(ref: str, kind: str) -> str:
+    """Turn a model reference into a local path or a hub id; raise CheckpointError when it is neither."""
+    if embedded_path(ref, kind).is_dir():
+        return str(embedded_path(ref, kind))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{kind} checkpoint {ref!r} is a file; expected a save_pretrained folder")
+        return str(path)
+    if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
+        embedded = sorted(p.parent.name for p in ASSETS.glob(f"*/{kind}") if p.is_dir())
+        raise CheckpointError(
+            f"{kind} checkpoint {ref!r} not found: not a directory, not an embedded model "
+            f"({', '.join(embedded) or 'none'}), not a hub id"
+        )
+    return ref
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _load(loader: Any, ref: str, kind: str, **kwargs: Any) -> Any:
+    """Call a diffusers ``from_pretrained`` and turn every failure into one CheckpointError line."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
+
+    # Their warnings and retry messages ("install accelerate", "Retrying in 1s") would break one-line errors.
+    diffusers_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    where = resolve(ref, kind)
+    is_hub = not Path(where).exists()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return loader.from_pretrained(where, **kwargs)
+    except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, safetensors errors…
+        if is_hub:
+            raise CheckpointError(
+                f"cannot fetch {kind} {ref!r} from the hub (no network, or no such repo): {_first_line(exc)}"
+            ) from exc
+        raise CheckpointError(f"corrupt or incomplete {kind} checkpoint at {where}: {_first_line(exc)}") from exc
+
+
+def load_classifier(ref: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a classifier (images in [0, 1] → logits) in eval mode on ``device``."""
+    from benchbench.models.classifier import SmallCNN
+
+    return _load(SmallCNN, ref, "classifier").to(device).eval()
+
+
+def load_ddpm(ref: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """Load a DDPM pipeline folder or hub id; returns (UNet2DModel in eval mode, DDPMScheduler)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = _load(UNet2DModel, ref, "ddpm", subfolder="unet").to(device).eval()
+    scheduler = _load(DDPMScheduler, ref, "ddpm", subfolder="scheduler")
+    return unet, scheduler
+
+
+def fingerprint(ref: str, kind: str) -> str:
+    """A content hash that changes whenever the weights or configs change: ``sha256:…`` over every file of
+    a local folder except the manifest, or ``hub:<id>`` for a hub id (the hub pins content by revision)."""
+    where = resolve(ref, kind)
+    root = Path(where)
+    if not root.exists():
+        return f"hub:{where}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file.read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def read_manifest(ref: str, kind: str) -> dict[str, Any] | None:
+    """The training manifest shipped with a local model, or None."""
+    path = Path(resolve(ref, kind)) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None

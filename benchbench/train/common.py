@@ -1,0 +1,62 @@
+"""What every training command shares: a fresh output folder, seeding, and the manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchbench.errors import BenchError
+
+
+def prepare_output(out: str | Path) -> Path:
+    """Return ``out`` as a Path; refuse a folder that already holds files, so nothing is overwritten."""
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise BenchError(f"output {path} already exists and is not empty; choose another --out")
+    return path
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (dropout, init) and return a CPU generator for data order and noise."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    """Versions of what decides the numbers: Python, torch, diffusers, numpy, scikit-learn, benchbench."""
+    import diffusers
+    import numpy
+    import sklearn
+
+    import benchbench
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "benchbench": benchbench.__version__,
+    }
+
+
+def write_manifest(out: Path, *, kind: str, config: dict[str, Any], metrics: dict[str, Any],
+                   seconds: float, device: str) -> dict[str, Any]:
+    """Write ``manifest.json`` next to the weights: how they were made and what they reached."""
+    manifest = {
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "training_config": config,
+        "metrics": metrics,
+        "train_seconds": round(seconds, 1),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,55 @@
+"""What the diffusion purifiers share: loading a DDPM and matching its timestep to the certification σ."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from benchbench.data import dataset_info
+from benchbench.errors import InvalidArgument
+from benchbench.models.store import fingerprint, load_ddpm
+
+
+def matching_timestep(alphas_cumprod: torch.Tensor, sigma: float) -> int:
+    """t* = the first t with √((1 − ᾱ_t)/ᾱ_t) ≥ 2σ (Carlini et al. 2023).
+
+    x + δ with δ ~ N(0, σ²I) in [0, 1] is 2x − 1 + 2δ in [-1, 1], and √ᾱ_t·(2x − 1 + 2δ) has the marginal
+    of x_t exactly when √((1 − ᾱ_t)/ᾱ_t) = 2σ; the first t at or above it never assumes less noise than
+    there is.
+    """
+    ratio = torch.sqrt((1 - alphas_cumprod.double()) / alphas_cumprod.double())
+    above = torch.nonzero(ratio >= 2 * sigma)
+    if len(above) == 0:
+        raise InvalidArgument(
+            f"sigma={sigma} needs noise level 2σ={2 * sigma:g}, above this model's largest "
+            f"√((1−ᾱ)/ᾱ)={ratio[-1].item():.3g}"
+        )
+    return int(above[0])
+
+
+class DDPMBase:
+    """Loads a DDPM (embedded name, local folder or hub id; the dataset's default when ``model`` is None)
+    and maps x_noisy in [0, 1] onto the diffusion trajectory at t*."""
+
+    def __init__(self, model: str | None = None, device: str = "cpu", dataset: str = "digits"):
+        self.model_ref = model or dataset_info(dataset).default_ddpm
+        self.device = torch.device(device)
+        self.unet, self.scheduler = load_ddpm(self.model_ref, self.device)
+        self.fingerprint = fingerprint(self.model_ref, "ddpm")  # recorded in config.json
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
+        self.networks = (self.unet,)
+
+    def start(self, x_noisy: torch.Tensor, sigma: float) -> tuple[torch.Tensor, int]:
+        """x_{t*} = √ᾱ_{t*}·(2·x_noisy − 1), and t*."""
+        t = matching_timestep(self.alphas_cumprod, sigma)
+        return math.sqrt(self.alphas_cumprod[t].item()) * (2 * x_noisy - 1), t
+
+    def eps(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """ε_θ(x_t, t): one network call."""
+        return self.unet(x_t, torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)).sample
+
+    @staticmethod
+    def to_image(x0: torch.Tensor) -> torch.Tensor:
+        """Clip an estimate of x₀ in [-1, 1] and map it to [0, 1]."""
+        return (x0.clamp(-1, 1) + 1) / 2
