@@ -11,6 +11,13 @@ from benchbench.errors import InvalidArgument
 from benchbench.models.store import fingerprint, load_ddpm
 
 
+def strided_timesteps(t_star: int, steps: int) -> list[int]:
+    """``steps`` timesteps spread evenly from t* down to 0, both included, descending and distinct
+    (fewer than ``steps`` when t* + 1 < steps)."""
+    grid = torch.linspace(t_star, 0, steps, dtype=torch.float64).round().long().tolist()
+    return sorted(set(grid), reverse=True)
+
+
 def matching_timestep(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     """t* = the first t with √((1 − ᾱ_t)/ᾱ_t) ≥ 2σ (Carlini et al. 2023).
 
@@ -46,8 +53,18 @@ class DDPMBase:
         return math.sqrt(self.alphas_cumprod[t].item()) * (2 * x_noisy - 1), t
 
     def eps(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        """ε_θ(x_t, t): one network call."""
+        """ε_θ(x_t, t) at an integer timestep: one network call."""
         return self.unet(x_t, torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)).sample
+
+    def eps_at(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε_θ(x_t, t) at a scheduler timestep (a 0-d tensor, possibly fractional): one network call."""
+        return self.unet(x_t, t.to(x_t.device).expand(len(x_t))).sample
+
+    @staticmethod
+    def check_steps(steps: int) -> int:
+        if steps < 1:
+            raise InvalidArgument(f"steps must be >= 1, got {steps}")
+        return steps
 
     @staticmethod
     def to_image(x0: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""Reverse-SDE purification (DiffPure, Nie et al. 2022; DensePure, Xiao et al. 2023)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+from purifiers.diffusion import DDPMBase, strided_timesteps
+
+
+class SDEPurifier(DDPMBase):
+    """Reverse SDE: ancestral DDPM steps from t* down to 0 over `steps` timesteps (`steps` network calls)."""
+
+    def __init__(self, steps: int = 10, model: str | None = None, device: str = "cpu", dataset: str = "digits"):
+        super().__init__(model=model, device=device, dataset=dataset)
+        self.steps = self.check_steps(steps)
+        self.sampler = DDPMScheduler.from_config(self.scheduler.config)
+        # CPU generator: the purifier's noise is the same on every device for one seed.
+        self.generator = torch.Generator().manual_seed(0)
+
+    def manual_seed(self, seed: int) -> None:
+        """Reseed the purifier's own noise (the runner derives the seed from the run seed, image and σ)."""
+        self.generator.manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+        x, t_star = self.start(x_noisy, sigma)
+        self.sampler.set_timesteps(timesteps=strided_timesteps(t_star, self.steps))
+        for t in self.sampler.timesteps:
+            x = self.sampler.step(self.eps(x, int(t)), t, x, generator=self.generator).prev_sample
+        return self.to_image(x)
