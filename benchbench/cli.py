@@ -58,16 +58,116 @@ def _build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list registered purifiers or datasets")
     lst.add_argument("what", choices=["purifiers", "datasets"])
+    _add_reporting(sub)
     return parser
+
+
+def _add_reporting(sub: argparse._SubParsersAction) -> None:
+    plot = sub.add_parser("plot", help="draw a figure (PNG and SVG) from run directories")
+    psub = plot.add_subparsers(dest="figure", required=True, parser_class=_Parser)
+    pareto = psub.add_parser("pareto", help="cost vs robustness per purifier and σ, with the Pareto front")
+    pareto.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                        help="run directories to combine (default: every run under ./results)")
+    pareto.add_argument("--cost", choices=["seconds", "nfe"], default="seconds",
+                        help="x axis: seconds per image or network calls per noisy sample (default: seconds)")
+    pareto.add_argument("--robustness", choices=["acr", "acc"], default="acr",
+                        help="y axis: average certified radius or certified accuracy at --radius (default: acr)")
+    pareto.add_argument("--radius", type=float, default=0.5, help="radius for --robustness acc (default: 0.5)")
+    pareto.add_argument("--timings", metavar="BENCH.json",
+                        help="pytest-benchmark --benchmark-json file: cost = each purifier's mean latency")
+    pareto.add_argument("--out", help="output path (default: RUN_DIR/pareto.png for one run, else ./pareto.png)")
+    radius = psub.add_parser("radius", help="certified accuracy vs radius, one panel per σ")
+    radius.add_argument("run_dir", metavar="RUN_DIR")
+    radius.add_argument("--out", help="output path (default: RUN_DIR/radius.png)")
+    grid = psub.add_parser("grid", help="clean, noisy and purified images side by side")
+    grid.add_argument("run_dir", metavar="RUN_DIR")
+    grid.add_argument("--images", type=int, default=4, help="how many of the run's images (default: 4)")
+    grid.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    grid.add_argument("--out", help="output path (default: RUN_DIR/grid.png)")
+
+    report = sub.add_parser("report", help="write report.md/.csv/.tex (best σ per radius, Pareto) and print it")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+
+    quality = sub.add_parser("quality", help="measure MSE and label preservation of each purifier (quality.csv)")
+    quality.add_argument("run_dir", metavar="RUN_DIR")
+    quality.add_argument("--copies", type=int, default=8, help="noisy copies per image (default: 8)")
+    quality.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+    compare = sub.add_parser("compare", help="exact McNemar test between two purifiers of a run")
+    compare.add_argument("run_dir", metavar="RUN_DIR")
+    compare.add_argument("a", metavar="A", help="purifier label, as in the report")
+    compare.add_argument("b", metavar="B", help="purifier label, as in the report")
+    compare.add_argument("--sigma", type=float, required=True, help="noise level σ of the run")
+    compare.add_argument("--radius", type=float, default=0.0, help="success = certified at this radius (default: 0)")
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from benchbench.runner import RunConfig, run
 
+    from benchbench.artifacts import write_run_artifacts
+
     config = RunConfig.from_args(args)
     result = run(config)
     print(result.summary_markdown)
+    artifacts = write_run_artifacts(result.run_dir, device=config.device)
+    print(f"\n{artifacts.markdown}")
     print(f"\nwrote {result.run_dir}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    from benchbench import plots
+    from benchbench.errors import InvalidArgument
+
+    if args.figure == "pareto":
+        dirs = [Path(d) for d in args.run_dirs] or sorted(p.parent for p in Path("results").glob("*/config.json"))
+        if not dirs:
+            raise InvalidArgument("no RUN_DIR given and no run found under ./results")
+        out = args.out or (dirs[0] / "pareto.png" if len(dirs) == 1 else Path("pareto.png"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            paths = plots.plot_pareto(dirs, out, cost=args.cost, robustness=args.robustness, radius=args.radius,
+                                      timings=args.timings)
+        for w in caught:
+            print(f"bench: warning: {w.message}", file=sys.stderr)
+    elif args.figure == "radius":
+        paths = plots.plot_radius(args.run_dir, args.out or Path(args.run_dir) / "radius.png")
+    else:
+        images = plots.grid_from_run(args.run_dir, args.images, _device(args.device))
+        paths = plots.plot_grid(images, args.out or Path(args.run_dir) / "grid.png")
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from benchbench.report import format_markdown, write_report
+
+    print(format_markdown(write_report(args.run_dir)))
+    print(f"\nwrote report.md, report.csv, report.tex in {args.run_dir}")
+    return 0
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
+    from benchbench.quality import write_quality
+
+    print(write_quality(args.run_dir, copies=args.copies, device=_device(args.device)).to_markdown(index=False))
+    print(f"\nwrote quality.csv in {args.run_dir} (bench report merges it)")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from benchbench.report import load_run_rows, mcnemar_exact
+
+    print(mcnemar_exact(load_run_rows(args.run_dir), args.a, args.b, args.sigma, args.radius))
     return 0
 
 
@@ -109,7 +209,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list}
+COMMANDS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "plot": _cmd_plot, "report": _cmd_report,
+            "quality": _cmd_quality, "compare": _cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,34 @@
+"""What `bench run` leaves next to its rows once they are complete: quality, report and figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchbench.quality import DEFAULT_COPIES, Distance, write_quality
+from benchbench.report import format_markdown, write_report
+
+
+@dataclass
+class Artifacts:
+    """The report table as Markdown and every file written."""
+
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+
+
+def write_run_artifacts(run_dir: Path | str, *, device: str = "cpu", grid_images: int = 4,
+                        copies: int = DEFAULT_COPIES, distance: Distance | None = None) -> Artifacts:
+    """Write ``quality.csv``, ``report.{md,csv,tex}`` (quality merged in) and ``pareto.png``,
+    ``radius.png``, ``grid.png`` into a run directory. Figures are PNG only here; the ``bench plot``
+    commands also write SVG."""
+    from benchbench.plots import grid_from_run, plot_grid, plot_pareto, plot_radius
+
+    run_dir = Path(run_dir)
+    write_quality(run_dir, distance=distance, copies=copies, device=device)
+    table = write_report(run_dir)
+    files = [run_dir / name for name in ("quality.csv", "report.md", "report.csv", "report.tex")]
+    files += plot_pareto(run_dir, run_dir / "pareto.png", formats=("png",))
+    files += plot_radius(run_dir, run_dir / "radius.png", formats=("png",))
+    files += plot_grid(grid_from_run(run_dir, grid_images, device), run_dir / "grid.png", formats=("png",))
+    return Artifacts(format_markdown(table), files)

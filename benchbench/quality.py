@@ -1,0 +1,115 @@
+"""Purification quality: how close each purifier's output is to the clean image, and whether the classifier
+still sees the right digit in it.
+
+For each purifier configuration, σ and run image, the purifier gets the first ``copies`` noisy copies of
+the certification noise (the runner's generator for (seed, image, σ), so the same draws every purifier and
+the certificates saw) and the result is compared with the clean image:
+
+* ``mse``: mean squared error per pixel in [0, 1] image scale, averaged over copies and images;
+* ``distance``: the mean of a caller-supplied ``distance(a, b) -> per-image tensor`` (e.g. an LPIPS-style
+  metric), absent when none is given;
+* ``label_kept``: the fraction of purified copies the classifier labels with the true label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from benchbench.certify import NOISE_BLOCK, noisy_batches
+from benchbench.errors import BenchError, InvalidArgument
+from benchbench.registry import Purifier, get_purifier
+from benchbench.report import QUALITY_FILE
+from benchbench.results import CONFIG
+from benchbench.runner import noise_generator
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``distance(a, b)``: two batches (B, C, H, W) in [0, 1] → per-image distances, shape (B,)."""
+
+DEFAULT_COPIES = 8
+
+
+def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: int,
+                 n0: int | None = None) -> torch.Tensor:
+    """The first ``copies`` noisy copies of image ``idx`` that certification drew at σ: (copies, *x.shape).
+
+    Certification draws its first block of min(NOISE_BLOCK, n0) samples in one call; given the run's
+    ``n0`` (and copies ≤ that block) the same block is drawn here and cut, so the copies are those draws
+    whatever the image size. Without n0 only ``copies`` are drawn, which gives the same values whenever
+    the image has a multiple of 16 values (torch's CPU normal sampler fills 16 at a time).
+    """
+    draw = copies if n0 is None else max(copies, min(NOISE_BLOCK, n0))
+    gen = noise_generator(seed, idx, sigma)
+    return next(noisy_batches(x, draw, sigma=sigma, batch_size=draw, generator=gen))[:copies]
+
+
+def seed_purifier(purifier: Purifier, *, seed: int, idx: int, sigma: float) -> None:
+    """Seed a stochastic purifier exactly as the runner does before image ``idx`` at σ."""
+    if hasattr(purifier, "manual_seed"):
+        gen = noise_generator(seed, idx, sigma, 1)
+        purifier.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+
+
+@torch.no_grad()
+def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Module, images: torch.Tensor,
+                    labels: torch.Tensor, indices: Sequence[int], sigmas: Sequence[float], *, seed: int,
+                    copies: int = DEFAULT_COPIES, distance: Distance | None = None,
+                    n0: int | None = None) -> pd.DataFrame:
+    """One row per (purifier label, σ), purifiers in mapping order and σ as given: ``purifier sigma images
+    copies mse [distance] label_kept``. ``images[idx]`` is a clean image in [0, 1], ``labels[idx]`` its
+    class; ``distance`` gets the purified copies and the clean image repeated, both in [0, 1] image scale
+    (wrap a distance that wants [-1, 1]); ``n0`` is the run's (see :func:`noisy_copies`). The computation
+    runs on the classifier's device."""
+    if copies < 1:
+        raise InvalidArgument(f"copies must be >= 1, got {copies}")
+    if not indices:
+        raise InvalidArgument("no image to measure quality on")
+    device = next(classifier.parameters()).device
+    out = []
+    for label, purifier in purifiers.items():
+        for sigma in sigmas:
+            mse, dist, kept = [], [], []
+            for idx in indices:
+                x = images[idx].to(device)
+                seed_purifier(purifier, seed=seed, idx=idx, sigma=sigma)
+                purified = purifier(noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0), sigma)
+                clean = x.unsqueeze(0).expand_as(purified)
+                mse.append(((purified - clean) ** 2).flatten(1).mean(1))
+                if distance is not None:
+                    dist.append(torch.as_tensor(distance(purified, clean)).reshape(-1).float())
+                kept.append((classifier(purified).argmax(1) == int(labels[idx])).float())
+            rec = {"purifier": label, "sigma": float(sigma), "images": len(indices), "copies": copies,
+                   "mse": torch.cat(mse).mean().item()}
+            if distance is not None:
+                rec["distance"] = torch.cat(dist).mean().item()
+            rec["label_kept"] = torch.cat(kept).mean().item()
+            out.append(rec)
+    return pd.DataFrame(out)
+
+
+def write_quality(run_dir: Path | str, *, distance: Distance | None = None, copies: int = DEFAULT_COPIES,
+                  device: str = "cpu") -> pd.DataFrame:
+    """Measure the quality of every purifier configuration of a run, at its σs and on its images, with the
+    run's classifier and seed; write ``quality.csv`` into the run directory and return it."""
+    from benchbench.data import get_dataset
+    from benchbench.models.store import load_classifier
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise InvalidArgument(f"{run_dir} is not a benchbench run directory (no {CONFIG})")
+    exp = json.loads((run_dir / CONFIG).read_text())["experiment"]
+    try:
+        purifiers = {p["label"]: get_purifier(p["name"], **p["params"], device=device, dataset=exp["dataset"])
+                     for p in exp["purifiers"]}
+    except BenchError as exc:
+        raise BenchError(f"cannot rebuild the run's purifiers to measure quality: {exc}") from None
+    test = get_dataset(exp["dataset"], "test")
+    classifier = load_classifier(exp["classifier"]["ref"], device)
+    table = measure_quality(purifiers, classifier, test.images, test.labels, exp["image_indices"], exp["sigmas"],
+                            seed=exp["seed"], copies=copies, distance=distance, n0=exp["n0"])
+    table.to_csv(run_dir / QUALITY_FILE, index=False)
+    return table

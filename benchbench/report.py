@@ -1,0 +1,322 @@
+"""The paper table, the Pareto front and paired significance tests, as pure functions over a run's rows.
+
+Input is the rows DataFrame of :func:`benchbench.results.load_rows` (columns ``idx label predict radius
+correct time pa_lower nfe n purifier sigma``). An image is *certified at radius r* when ``correct == 1``
+and ``radius >= r``; every accuracy below is that fraction over the run's images. Only
+:func:`write_report` and :func:`load_run_rows` touch the disk.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from benchbench.errors import BenchError, InvalidArgument, UnknownName
+from benchbench.results import CONFIG, RADII, load_rows, summarize
+
+PARETO_MARK = "†"
+QUALITY_FILE = "quality.csv"
+
+
+def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided Clopper–Pearson interval for a proportion from ``k`` successes in ``n`` trials.
+
+    Each tail holds at most (1 − level)/2; the low end is 0 when k = 0 and the high end 1 when k = n.
+    Raises InvalidArgument unless 0 ≤ k ≤ n, n ≥ 1 and 0 < level < 1.
+    """
+    if not (isinstance(n, (int, np.integer)) and n >= 1 and 0 <= k <= n):
+        raise InvalidArgument(f"need integers 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    if not 0.0 < level < 1.0:
+        raise InvalidArgument(f"level must lie strictly between 0 and 1, got {level}")
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """Which rows are Pareto-optimal when a lower ``x`` (cost) and a higher ``y`` (robustness) are better.
+
+    Row i is dominated when some row j has x_j ≤ x_i and y_j ≥ y_i with at least one of the two strict;
+    the front is every row that is not dominated. Rows with identical (x, y) do not dominate each other,
+    so exact ties are all on the front (or all off it). A row with NaN in x or y is never on the front and
+    dominates nothing. Returns a boolean Series aligned with ``df.index``, named ``"pareto"``.
+    """
+    xs = df[x].to_numpy(dtype=float)
+    ys = df[y].to_numpy(dtype=float)
+    valid = ~(np.isnan(xs) | np.isnan(ys))
+    # dominates[j, i]: row j dominates row i (all pairs at once; tables here have tens of rows).
+    no_worse = (xs[:, None] <= xs[None, :]) & (ys[:, None] >= ys[None, :])
+    better = (xs[:, None] < xs[None, :]) | (ys[:, None] > ys[None, :])
+    dominates = no_worse & better & valid[:, None]
+    return pd.Series(valid & ~dominates.any(axis=0), index=df.index, name="pareto")
+
+
+def _certified(rows: pd.DataFrame, radius: float) -> pd.Series:
+    return (rows["correct"].astype(int) == 1) & (rows["radius"] >= radius)
+
+
+def _run_order(rows: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(rows["purifier"]))
+
+
+def per_sigma(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFrame:
+    """:func:`benchbench.results.summarize` (one row per (purifier, σ)) plus ``certified@r``, the count
+    behind each ``acc@r``, which the exact intervals need."""
+    radii = tuple(radii)
+    out = summarize(rows, radii)
+    for r in radii:
+        out[f"certified@{r:g}"] = (out[f"acc@{r:g}"] * out["images"]).round().astype(int)
+    return out
+
+
+def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.DataFrame | None = None,
+                level: float = 0.95) -> pd.DataFrame:
+    """One row per purifier configuration, in run order, with best-over-σ numbers.
+
+    For each radius r: ``acc@r`` (certified accuracy, a fraction, at the σ that maximises it; ties go to
+    the smallest σ), ``acc@r_sigma`` (that σ) and ``acc@r_low``/``acc@r_high`` (the exact ``level``
+    Clopper–Pearson interval of that cell's k/n). ``acr`` is the best-over-σ average certified radius
+    and ``acr_sigma`` its σ. ``nfe`` (network calls per noisy sample) and ``sec_per_image`` are means over
+    all of the configuration's rows, every σ: the cost of the configuration, whatever σ is deployed.
+
+    ``pareto`` marks the front of (``sec_per_image`` lower is better, ``acr`` higher is better): seconds
+    rather than NFE because NFE ignores what a call costs (a 1-call purifier with a huge network is not
+    cheap) and purifiers without networks all have NFE 0; ACR rather than one radius because it summarises
+    the whole accuracy-vs-radius curve. Selecting the best σ per cell is optimistic (it is what papers
+    report); the per-σ numbers are in ``summary.csv``.
+
+    ``quality`` (the :mod:`benchbench.quality` table) adds, per σ, ``mse@σ=s``, ``distance@σ=s`` (when
+    measured) and ``label_kept@σ=s``. Raises BenchError when ``rows`` is empty.
+    """
+    if rows.empty:
+        raise BenchError("the run has no rows yet; nothing to report")
+    cells = per_sigma(rows, radii)
+    table = []
+    for label in _run_order(rows):
+        mine = cells[cells["purifier"] == label].sort_values("sigma", kind="stable")
+        rec: dict[str, object] = {"purifier": label, "images": int(mine["images"].max())}
+        for r in radii:
+            best = mine.loc[mine[f"acc@{r:g}"].idxmax()]  # idxmax takes the first maximum: the smallest σ
+            rec[f"acc@{r:g}"] = float(best[f"acc@{r:g}"])
+            rec[f"acc@{r:g}_sigma"] = float(best["sigma"])
+            low, high = binomial_interval(int(best[f"certified@{r:g}"]), int(best["images"]), level)
+            rec[f"acc@{r:g}_low"], rec[f"acc@{r:g}_high"] = low, high
+        best = mine.loc[mine["acr"].idxmax()]
+        rec["acr"], rec["acr_sigma"] = float(best["acr"]), float(best["sigma"])
+        g = rows[rows["purifier"] == label]
+        rec["nfe"] = float(g["nfe"].mean())
+        rec["sec_per_image"] = float(g["time"].mean())
+        table.append(rec)
+    out = pd.DataFrame(table)
+    out["pareto"] = pareto_front(out, "sec_per_image", "acr")
+    if quality is not None and not quality.empty:
+        out = out.merge(_quality_wide(quality), on="purifier", how="left")
+    return out
+
+
+def _quality_wide(quality: pd.DataFrame) -> pd.DataFrame:
+    metrics = [c for c in ("mse", "distance", "label_kept") if c in quality.columns]
+    wide = quality.pivot(index="purifier", columns="sigma", values=metrics)
+    wide.columns = [f"{metric}@σ={sigma:g}" for metric, sigma in wide.columns]
+    return wide.reset_index()
+
+
+# --- writers -------------------------------------------------------------------------------------------
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.3g}" if math.isfinite(s) else "–"
+
+
+def _display(table: pd.DataFrame, radii: Sequence[float], latex: bool) -> pd.DataFrame:
+    """The table as strings: accuracy cells ``87.5 (σ=0.5) [73.2, 95.8]``, Pareto rows marked."""
+    sig = r"$\sigma$=" if latex else "σ="
+    shown = pd.DataFrame()
+    labels = [_latex_escape(s) if latex else s for s in table["purifier"]]
+    if latex:
+        shown["purifier"] = [rf"\textbf{{{s}}}$^\dagger$" if p else s for s, p in zip(labels, table["pareto"])]
+    else:
+        shown["purifier"] = [f"{s} {PARETO_MARK}" if p else s for s, p in zip(labels, table["pareto"])]
+    for r in radii:
+        key = f"acc@{r:g}"
+        col = f"r={r:g}"
+        cells = []
+        for _, row in table.iterrows():
+            interval = f"[{_pct(row[key + '_low'])}, {_pct(row[key + '_high'])}]"
+            if latex:
+                cells.append(rf"{_pct(row[key])} {{\scriptsize ({sig}{row[key + '_sigma']:g}) {interval}}}")
+            else:
+                cells.append(f"{_pct(row[key])} ({sig}{row[key + '_sigma']:g}) {interval}")
+        shown[col] = cells
+    shown["ACR"] = [f"{a:.3f} ({sig}{s:g})" for a, s in zip(table["acr"], table["acr_sigma"])]
+    shown["NFE"] = [f"{v:.3g}" for v in table["nfe"]]
+    shown["s/image"] = [_seconds(v) for v in table["sec_per_image"]]
+    return shown
+
+
+def _legend(table: pd.DataFrame, latex: bool) -> str:
+    images = int(table["images"].max())
+    if latex:
+        sigma, ell, pct, dagger = r"$\sigma$", r"$\ell_2$", r"\%", r"$^\dagger$"
+    else:
+        sigma, ell, pct, dagger = "σ", "ℓ2", "%", PARETO_MARK
+    return (f"Certified accuracy ({pct}) at {ell} radius r over {images} images, best over {sigma} (the {sigma} "
+            f"that gave it), with its exact 95{pct} Clopper–Pearson interval; ACR = average certified radius, best "
+            f"over {sigma}; NFE = network calls per noisy sample; s/image = certification seconds per image. "
+            f"{dagger} = Pareto-optimal in (s/image, ACR).")
+
+
+def _quality_long(table: pd.DataFrame) -> pd.DataFrame:
+    """Quality columns of a merged table back to one row per (purifier, σ), for display."""
+    keys = [c for c in table.columns if "@σ=" in c]
+    if not keys:
+        return pd.DataFrame()
+    recs = []
+    for _, row in table.iterrows():
+        for sigma in dict.fromkeys(c.split("@σ=")[1] for c in keys):
+            rec: dict[str, object] = {"purifier": row["purifier"], "σ": sigma}
+            if f"mse@σ={sigma}" in table:
+                rec["MSE"] = f"{row[f'mse@σ={sigma}']:.4f}"
+            if f"distance@σ={sigma}" in table:
+                rec["distance"] = f"{row[f'distance@σ={sigma}']:.4f}"
+            if f"label_kept@σ={sigma}" in table:
+                rec["label kept (%)"] = _pct(row[f"label_kept@σ={sigma}"])
+            recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    # disable_numparse: tabulate would otherwise reformat numbers formatted here; labels left, numbers right.
+    align = ("left",) + ("right",) * (len(df.columns) - 1)
+    return df.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def format_markdown(table: pd.DataFrame, radii: Sequence[float] = RADII) -> str:
+    """The paper table (and the purification-quality table, when merged in) as Markdown."""
+    text = _markdown(_display(table, radii, latex=False)) + "\n\n" + _legend(table, latex=False)
+    quality = _quality_long(table)
+    if not quality.empty:
+        measured = "MSE(purified, clean)" + (" and distance" if "distance" in quality else "")
+        text += (f"\n\n### Purification quality\n\n{_markdown(quality)}\n\n{measured} averaged over the images "
+                 "and their noisy copies; label kept = the classifier gives the purified copy the true label.")
+    return text
+
+
+def format_latex(table: pd.DataFrame, radii: Sequence[float] = RADII) -> str:
+    """The paper table as a booktabs ``tabular`` (pandas DataFrame.to_latex), its legend as a comment."""
+    shown = _display(table, radii, latex=True)
+    shown.columns = [_latex_escape(c) for c in shown.columns]
+    body = shown.to_latex(index=False, escape=False, column_format="l" + "r" * (len(shown.columns) - 1))
+    return f"% {_legend(table, latex=True)}\n{body}"
+
+
+def _latex_escape(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(repl.get(ch, ch) for ch in str(text))
+
+
+# --- McNemar -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Paired exact McNemar test of purifiers a and b at one σ and radius over ``n`` shared images.
+
+    b01: images a fails and b certifies; b10: images a certifies and b fails. pvalue: two-sided exact
+    binomial test of b01 against Binomial(b01 + b10, ½); 1.0 when there is no discordant pair.
+    """
+
+    a: str
+    b: str
+    sigma: float
+    radius: float
+    n: int
+    b01: int
+    b10: int
+    pvalue: float
+
+    def __str__(self) -> str:
+        return (f"{self.a} vs {self.b} at σ={self.sigma:g}, r={self.radius:g}, {self.n} paired images: "
+                f"only {self.b} certifies {self.b01}, only {self.a} certifies {self.b10}; "
+                f"exact McNemar p = {self.pvalue:.4g}")
+
+
+def _check_label(rows: pd.DataFrame, label: str) -> None:
+    known = _run_order(rows)
+    if label not in known:
+        close = difflib.get_close_matches(label, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownName(f"no purifier {label!r} in this run{hint} (available: {', '.join(known) or 'none'})")
+
+
+def mcnemar_exact(rows: pd.DataFrame, a: str, b: str, sigma: float, radius: float) -> McNemarResult:
+    """Exact McNemar test between purifier labels ``a`` and ``b`` at ``sigma``, where an image is a success
+    when it is certified at ``radius`` (correct and radius ≥ r), paired on the image indices both have.
+
+    Raises UnknownName for a label that is not in the run and InvalidArgument for a σ that is not (both
+    list what is available), a negative radius, or no shared image.
+    """
+    _check_label(rows, a)
+    _check_label(rows, b)
+    if not (math.isfinite(radius) and radius >= 0):
+        raise InvalidArgument(f"radius must be a finite number >= 0, got {radius}")
+    sigmas = sorted(rows["sigma"].unique())
+    match = [s for s in sigmas if math.isclose(s, sigma, rel_tol=1e-9, abs_tol=1e-12)]
+    if not match:
+        raise InvalidArgument(f"sigma {sigma:g} is not in this run (available: {', '.join(f'{s:g}' for s in sigmas)})")
+    at = rows[np.isclose(rows["sigma"], match[0])]
+
+    def success(label: str) -> pd.Series:
+        mine = at[at["purifier"] == label]
+        return _certified(mine, radius).set_axis(mine["idx"].to_numpy())
+
+    sa, sb = success(a), success(b)
+    shared = sa.index.intersection(sb.index)
+    if len(shared) == 0:
+        raise InvalidArgument(f"{a!r} and {b!r} share no image at sigma {sigma:g}")
+    sa, sb = sa.loc[shared], sb.loc[shared]
+    b01, b10 = int((~sa & sb).sum()), int((sa & ~sb).sum())
+    p = 1.0 if b01 + b10 == 0 else float(binomtest(b01, b01 + b10, 0.5).pvalue)
+    return McNemarResult(a, b, float(match[0]), float(radius), len(shared), b01, b10, p)
+
+
+# --- the run directory ---------------------------------------------------------------------------------
+
+
+def load_run_rows(run_dir: Path | str) -> pd.DataFrame:
+    """``load_rows`` with a BenchError (not a traceback) for a directory that is not a run."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise InvalidArgument(f"{run_dir} is not a benchbench run directory (no {CONFIG})")
+    try:
+        return load_rows(run_dir)
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise InvalidArgument(f"{path} is not a benchbench run config ({exc})") from None
+
+
+def write_report(run_dir: Path | str, radii: Sequence[float] = RADII) -> pd.DataFrame:
+    """Write ``report.md``, ``report.csv`` and ``report.tex`` into ``run_dir`` and return the table.
+
+    ``quality.csv``, when the run directory has one, is merged in (see :func:`paper_table`).
+    """
+    run_dir = Path(run_dir)
+    rows = load_run_rows(run_dir)
+    quality = pd.read_csv(run_dir / QUALITY_FILE) if (run_dir / QUALITY_FILE).is_file() else None
+    table = paper_table(rows, radii, quality=quality)
+    table.to_csv(run_dir / "report.csv", index=False)
+    (run_dir / "report.md").write_text(format_markdown(table, radii) + "\n")
+    (run_dir / "report.tex").write_text(format_latex(table, radii))
+    return table

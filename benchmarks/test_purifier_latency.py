@@ -1,0 +1,59 @@
+"""Latency of every registered purifier on one fixed batch: ``tox -e bench`` or
+``pytest benchmarks --benchmark-only --benchmark-json=latency.json``.
+
+The purifiers are parametrised from the registry at collection time, so an installed plugin is benchmarked
+with no edit here. Each is built with its default parameters; one that cannot be (a required parameter, a
+missing checkpoint) is skipped with the reason. All share one ``benchmark.group``, so pytest-benchmark's
+table puts them side by side, and ``extra_info["purifier"]`` holds the label ``bench plot pareto
+--timings`` matches against a run's purifier labels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from benchbench.data import get_dataset
+from benchbench.errors import BenchError
+from benchbench.registry import PurifierSpec, available_purifiers, get_purifier
+
+BATCH = 64
+SIGMA = 0.5
+DEVICE = os.environ.get("BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+GROUP = f"purifier latency: {BATCH} noisy test digits at sigma={SIGMA:g} on {DEVICE}"
+
+
+@pytest.fixture(scope="module")
+def noisy_batch() -> torch.Tensor:
+    """The first 64 test digits plus N(0, σ²I) noise from a fixed CPU generator, on the benchmark device."""
+    clean = get_dataset("digits", "test").images[:BATCH]
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    return (clean + SIGMA * noise).to(DEVICE)
+
+
+@pytest.mark.parametrize("purifier", available_purifiers())
+def test_purifier_latency(benchmark, purifier: str, noisy_batch: torch.Tensor) -> None:
+    try:
+        model = get_purifier(purifier, device=DEVICE, dataset="digits")
+    except (BenchError, TypeError) as exc:  # TypeError: a factory with a required parameter
+        pytest.skip(f"{purifier} cannot be built with its defaults: {exc}")
+    if hasattr(model, "manual_seed"):
+        model.manual_seed(0)
+    benchmark.group = GROUP
+    benchmark.extra_info.update(
+        purifier=PurifierSpec(purifier).label, batch_size=BATCH, sigma=SIGMA,
+        device=torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "cpu",
+    )
+
+    @torch.no_grad()
+    def call() -> torch.Tensor:
+        out = model(noisy_batch, SIGMA)
+        if DEVICE.startswith("cuda"):
+            torch.cuda.synchronize()  # time the work, not the kernel launches
+        return out
+
+    out = benchmark(call)
+    assert out.shape == noisy_batch.shape
+    assert torch.isfinite(out).all()

@@ -1,0 +1,204 @@
+"""The reporting layer's numbers, recomputed independently: Pareto front, exact intervals, the paper table
+from hand-read TSV rows, and the exact McNemar test against scipy's binomial distribution."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import beta, binom
+
+from benchbench.errors import BenchError, InvalidArgument, UnknownName
+from benchbench.report import binomial_interval, mcnemar_exact, paper_table, pareto_front, write_report
+from benchbench.results import load_rows
+from synthetic_run import read_tsvs, standard_run, write_run
+
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+# --- Pareto front ---------------------------------------------------------------------------------------
+
+def test_pareto_front_dominance():
+    df = pd.DataFrame({"cost": [1, 2, 2, 3, 0.5, 4], "rob": [1, 2, 1, 2, 0, 3]},
+                      index=list("ABCDEF"))
+    # C is beaten by A (cheaper, as robust); D by B (same robustness, cheaper); the rest trade off.
+    assert pareto_front(df, "cost", "rob").to_dict() == \
+        {"A": True, "B": True, "C": False, "D": False, "E": True, "F": True}
+
+
+def test_pareto_front_exact_ties_are_all_kept():
+    df = pd.DataFrame({"cost": [1, 1, 2, 2], "rob": [5, 5, 1, 1]})
+    # Identical optimal points stay optimal; identical dominated points are both dominated.
+    assert pareto_front(df, "cost", "rob").tolist() == [True, True, False, False]
+
+
+def test_pareto_front_tie_in_one_coordinate_is_dominated():
+    df = pd.DataFrame({"cost": [1, 1], "rob": [5, 4]})
+    assert pareto_front(df, "cost", "rob").tolist() == [True, False]
+
+
+def test_pareto_front_single_point_and_nan():
+    assert pareto_front(pd.DataFrame({"x": [3.0], "y": [0.0]}), "x", "y").tolist() == [True]
+    df = pd.DataFrame({"x": [1.0, np.nan, 2.0], "y": [1.0, 9.0, 0.5]})
+    assert pareto_front(df, "x", "y").tolist() == [True, False, False]
+
+
+# --- exact binomial interval -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (37, 40), (1, 1)])
+def test_binomial_interval_is_clopper_pearson(k, n):
+    low_expected = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+    high_expected = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+    low, high = binomial_interval(k, n)
+    assert low == pytest.approx(low_expected, abs=1e-9)
+    assert high == pytest.approx(high_expected, abs=1e-9)
+
+
+def test_binomial_interval_rejects_bad_counts():
+    with pytest.raises(InvalidArgument):
+        binomial_interval(5, 4)
+    with pytest.raises(InvalidArgument):
+        binomial_interval(0, 0)
+
+
+# --- the paper table --------------------------------------------------------------------------------------
+
+def _expected_table(run_dir):
+    """Best-over-σ cells from the TSVs, with loops: (label → {radius: (acc, σ, k, n)}, acr, σ, sec, nfe)."""
+    cells = read_tsvs(run_dir)
+    out = {}
+    for label in dict.fromkeys(lab for lab, _ in cells):
+        sigmas = sorted(s for lab, s in cells if lab == label)
+        acc = {}
+        for r in RADII:
+            best = None
+            for s in sigmas:  # ascending: a later σ replaces only a strictly better one
+                rows = cells[(label, s)]
+                k = sum(1 for row in rows if row["correct"] == 1 and row["radius"] >= r)
+                if best is None or k / len(rows) > best[0]:
+                    best = (k / len(rows), s, k, len(rows))
+            acc[r] = best
+        acrs = [(sum(row["radius"] * row["correct"] for row in cells[(label, s)]) / len(cells[(label, s)]), s)
+                for s in sigmas]
+        best_acr = max(acrs, key=lambda t: (t[0], -t[1]))
+        every = [row for s in sigmas for row in cells[(label, s)]]
+        out[label] = {"acc": acc, "acr": best_acr, "sec": sum(r["time"] for r in every) / len(every),
+                      "nfe": sum(r["nfe"] for r in every) / len(every)}
+    return out
+
+
+def test_paper_table_matches_numbers_recomputed_from_the_tsvs(tmp_path):
+    run = standard_run(tmp_path / "run")
+    table = paper_table(load_rows(run)).set_index("purifier")
+    expected = _expected_table(run)
+    assert list(table.index) == ["identity", "ddpm", "slow(steps=10)"]  # run order
+    for label, exp in expected.items():
+        row = table.loc[label]
+        for r, (acc, sigma, k, n) in exp["acc"].items():
+            assert row[f"acc@{r:g}"] == pytest.approx(acc)
+            assert row[f"acc@{r:g}_sigma"] == sigma
+            low = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+            high = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+            assert row[f"acc@{r:g}_low"] == pytest.approx(low)
+            assert row[f"acc@{r:g}_high"] == pytest.approx(high)
+        assert row["acr"] == pytest.approx(exp["acr"][0])
+        assert row["acr_sigma"] == exp["acr"][1]
+        assert row["sec_per_image"] == pytest.approx(exp["sec"])
+        assert row["nfe"] == pytest.approx(exp["nfe"])
+    # Pareto over (seconds, best ACR), by brute force.
+    for a in expected:
+        dominated = any(expected[b]["sec"] <= expected[a]["sec"] and expected[b]["acr"][0] >= expected[a]["acr"][0]
+                        and (expected[b]["sec"] < expected[a]["sec"] or expected[b]["acr"][0] > expected[a]["acr"][0])
+                        for b in expected)
+        assert bool(table.loc[a, "pareto"]) == (not dominated)
+
+
+def test_best_sigma_ties_go_to_the_smallest_sigma(tmp_path):
+    same = [{"idx": i, "label": 1, "predict": 1, "radius": 0.3, "correct": 1, "time": 0.1, "pa_lower": 0.9,
+             "nfe": 0, "n": 100} for i in range(4)]
+    run = write_run(tmp_path / "run", [{"label": "p", "name": "p", "params": {}}],
+                    {("p", 1.0): same, ("p", 0.5): same})
+    table = paper_table(load_rows(run))
+    assert table.loc[0, "acc@0_sigma"] == 0.5 and table.loc[0, "acr_sigma"] == 0.5
+    assert table.loc[0, "acc@0.25"] == 1.0 and table.loc[0, "acc@0.5"] == 0.0
+
+
+def test_write_report_writes_markdown_csv_and_booktabs_latex(tmp_path):
+    run = standard_run(tmp_path / "run")
+    table = write_report(run)
+    expected = _expected_table(run)
+    md = (run / "report.md").read_text()
+    for label, exp in expected.items():
+        acc, sigma, _, _ = exp["acc"][0.5]
+        assert f"{100 * acc:.1f} (σ={sigma:g})" in md
+    pareto_labels = list(table.loc[table["pareto"], "purifier"])
+    assert pareto_labels and all(f"{label} †" in md for label in pareto_labels)
+    csv = pd.read_csv(run / "report.csv")
+    assert list(csv["purifier"]) == ["identity", "ddpm", "slow(steps=10)"]
+    assert csv.loc[csv["purifier"] == "ddpm", "acr"].item() == pytest.approx(expected["ddpm"]["acr"][0])
+    tex = (run / "report.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "\\textbf{" in tex and "slow(steps=10)" in tex
+
+
+def test_report_merges_quality_csv(tmp_path):
+    run = standard_run(tmp_path / "run")
+    pd.DataFrame({"purifier": ["identity", "ddpm", "slow(steps=10)"] * 2, "sigma": [0.25] * 3 + [0.5] * 3,
+                  "images": 30, "copies": 8, "mse": [0.06, 0.01, 0.005, 0.25, 0.03, 0.02],
+                  "label_kept": [0.9, 0.95, 0.97, 0.5, 0.8, 0.85]}).to_csv(run / "quality.csv", index=False)
+    table = write_report(run).set_index("purifier")
+    assert table.loc["ddpm", "mse@σ=0.5"] == pytest.approx(0.03)
+    assert table.loc["identity", "label_kept@σ=0.25"] == pytest.approx(0.9)
+    md = (run / "report.md").read_text()
+    assert "Purification quality" in md and "0.0300" in md
+
+
+def test_paper_table_of_no_rows_is_an_error():
+    with pytest.raises(BenchError):
+        paper_table(pd.DataFrame(columns=["idx", "purifier", "sigma"]))
+
+
+# --- McNemar ----------------------------------------------------------------------------------------------
+
+def _rows(label, successes, sigma=0.5, radius=0.4, start=0):
+    return [{"idx": start + i, "label": 3, "predict": 3 if ok else -1, "radius": radius if ok else 0.0,
+             "correct": int(ok), "time": 0.1, "pa_lower": 0.9, "nfe": 0, "n": 100}
+            for i, ok in enumerate(successes)]
+
+
+def _two_purifier_run(tmp_path, a, b, **kw):
+    specs = [{"label": "a", "name": "a", "params": {}}, {"label": "b", "name": "b", "params": {}}]
+    return load_rows(write_run(tmp_path / "run", specs, {("a", 0.5): _rows("a", a), ("b", 0.5): _rows("b", b, **kw)}))
+
+
+def test_mcnemar_exact_matches_the_binomial_cdf(tmp_path):
+    rng = np.random.RandomState(3)
+    a = rng.rand(60) < 0.4
+    b = rng.rand(60) < 0.7
+    rows = _two_purifier_run(tmp_path, a, b)
+    b01 = int(np.sum(~a & b))
+    b10 = int(np.sum(a & ~b))
+    p = min(1.0, 2 * binom.cdf(min(b01, b10), b01 + b10, 0.5))
+    res = mcnemar_exact(rows, "a", "b", sigma=0.5, radius=0.25)
+    assert (res.b01, res.b10, res.n) == (b01, b10, 60)
+    assert res.pvalue == pytest.approx(p, rel=1e-9)
+    # At a radius above every certificate nobody succeeds: no discordant pair, p = 1.
+    none = mcnemar_exact(rows, "a", "b", sigma=0.5, radius=0.5)
+    assert (none.b01, none.b10, none.pvalue) == (0, 0, 1.0)
+
+
+def test_mcnemar_pairs_only_the_shared_images(tmp_path):
+    rows = _two_purifier_run(tmp_path, [True, True, False, False], [True, True, False, True], start=2)
+    # a covers images 0-3, b covers 2-5: shared images 2 and 3, where a fails and b succeeds.
+    res = mcnemar_exact(rows, "a", "b", sigma=0.5, radius=0.0)
+    assert (res.n, res.b01, res.b10) == (2, 2, 0)
+    assert res.pvalue == pytest.approx(2 * binom.cdf(0, 2, 0.5))
+
+
+def test_mcnemar_rejects_unknown_label_and_sigma(tmp_path):
+    rows = _two_purifier_run(tmp_path, [True], [False])
+    with pytest.raises(UnknownName, match=r"available: a, b"):
+        mcnemar_exact(rows, "a", "c", sigma=0.5, radius=0.0)
+    with pytest.raises(InvalidArgument, match=r"available: 0\.5"):
+        mcnemar_exact(rows, "a", "b", sigma=0.25, radius=0.0)
+    assert math.isclose(mcnemar_exact(rows, "a", "b", sigma=0.5 + 1e-13, radius=0.0).sigma, 0.5)
