@@ -45,16 +45,32 @@ def _build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train the embedded default models from scratch")
     tsub = train.add_subparsers(dest="what", required=True, parser_class=_Parser)
-    for what in ("classifier", "ddpm"):
-        t = tsub.add_parser(what, help=f"train the {what}")
+    helps = {"classifier": "the classifier, on clean images", "ddpm": "the DDPM",
+             "distill": "a consistency model, distilled from the DDPM's PF-ODE",
+             "finetune": "Consistency Fine-tuning of a distilled model with an LPIPS loss"}
+    for what, text in helps.items():
+        t = tsub.add_parser(what, help=f"train {text}")
         t.add_argument("--out", required=True, help="new folder to write the model to")
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--device", default="cpu")
         t.add_argument("--dataset", default="digits")
-        if what == "ddpm":
-            t.add_argument("--steps", type=int, help="optimiser steps")
-        else:
+        if what == "classifier":
             t.add_argument("--epochs", type=int, help="passes over the training set")
+        else:
+            t.add_argument("--steps", type=int, help="optimiser steps")
+        if what in ("distill", "finetune"):
+            t.add_argument("--distance", help="training distance: lpips (the dataset's default), digits-cnn, "
+                                              "vgg, alex or l2")
+        if what == "distill":
+            t.add_argument("--teacher", help="DDPM reference (default: the dataset's)")
+        if what == "finetune":
+            t.add_argument("--base", help="distilled consistency model reference (default: the dataset's)")
+
+    evaluate = sub.add_parser("evaluate", help="measure the consistency models against the issue's criteria")
+    evaluate.add_argument("what", choices=["consistency"])
+    evaluate.add_argument("--distilled", default="digits", help="consistency model reference")
+    evaluate.add_argument("--finetuned", default="digits", help="fine-tuned model reference ('none' to skip)")
+    evaluate.add_argument("--device", default="cpu")
 
     lst = sub.add_parser("list", help="list registered purifiers or datasets")
     lst.add_argument("what", choices=["purifiers", "datasets"])
@@ -181,16 +197,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             cfg.epochs = args.epochs
         manifest = train_classifier(args.out, cfg, device=args.device)
-    else:
+    elif args.what == "ddpm":
         from benchbench.train.ddpm import DDPMConfig, train_ddpm
 
         cfg = DDPMConfig(dataset=args.dataset, seed=args.seed)
         if args.steps is not None:
             cfg.steps = args.steps
         manifest = train_ddpm(args.out, cfg, device=args.device)
+    elif args.what == "distill":
+        from benchbench.train.distill import DistillConfig, train_distill
+
+        cfg = DistillConfig(dataset=args.dataset, seed=args.seed)
+        _override(cfg, steps=args.steps, distance=args.distance, teacher=args.teacher)
+        manifest = train_distill(args.out, cfg, device=args.device)
+    else:
+        from benchbench.train.finetune import FinetuneConfig, train_finetune
+
+        cfg = FinetuneConfig(dataset=args.dataset, seed=args.seed)
+        _override(cfg, steps=args.steps, distance=args.distance, base=args.base)
+        manifest = train_finetune(args.out, cfg, device=args.device)
     print(json.dumps(manifest["metrics"], indent=2))
     print(f"wrote {args.out} in {manifest['train_seconds']} s")
     return 0
+
+
+def _override(config: object, **values: object) -> None:
+    """Set the config fields the user gave on the command line."""
+    for key, value in values.items():
+        if value is not None:
+            setattr(config, key, value)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from benchbench.quality_cm import consistency_quality_report
+
+    finetuned = None if args.finetuned == "none" else args.finetuned
+    report = consistency_quality_report(args.distilled, finetuned, device=args.device)
+    print(json.dumps(report, indent=2, default=float))
+    return 0 if all(report["checks"].values()) else 1
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -210,7 +256,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "plot": _cmd_plot, "report": _cmd_report,
-            "quality": _cmd_quality, "compare": _cmd_compare}
+            "quality": _cmd_quality, "compare": _cmd_compare, "evaluate": _cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,169 @@
+"""Consistency models (Song, Dhariwal, Chen & Sutskever, ICML 2023) in diffusers' format.
+
+f(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, t(σ)) maps a point x = x₀ + σ·ε of the VE probability-flow
+ODE at noise level σ straight to an estimate of x₀ (data in [-1, 1], σ in that scale). F is a diffusers
+``UNet2DModel``; c_skip, c_out (boundary-condition form) and t(σ) = 250·ln σ come from diffusers'
+``CMStochasticIterativeScheduler``, c_in = 1/√(σ² + σ_data²) as in its ``scale_model_input``. Because
+c_skip(σ_min) = 1 and c_out(σ_min) = 0 exactly, f(x, σ_min) = x exactly.
+
+The σ grid is Karras et al.'s: N levels from σ_max down to σ_min = 0.002 with ρ = 7. The defaults are
+N = 16 and σ_max = 90 (Song et al. use N = 18, σ_max = 80 on CIFAR-10): σ_max is far above the data scale
+(pixel values in [-1, 1]), so x = σ_max·z is pure noise, and below the embedded DDPM teacher's own largest
+level √((1−ᾱ_999)/ᾱ_999) ≈ 157; and with these two values the grid has a level just above each noise level
+a purifier meets at the benchmark's σ = 0.25, 0.5, 1 (2σ = 0.5, 1, 2 → σ_k = 0.510, 1.055, 2.038), so
+topping the noise up to the grid (:func:`top_up`) adds little. Other grids are a config away.
+
+A model is saved as a ``ConsistencyModelPipeline`` folder (``unet/``, ``scheduler/`` holding the
+``CMStochasticIterativeScheduler`` config whose ``num_train_timesteps`` is N, ``model_index.json``), so
+``diffusers.ConsistencyModelPipeline.from_pretrained(path)`` samples from it as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
+
+from benchbench.errors import InvalidArgument
+from benchbench.models.store import _load
+
+SIGMA_MIN = 0.002
+SIGMA_MAX = 90.0
+SIGMA_DATA = 0.5
+RHO = 7.0
+KINDS = ("consistency", "consistency-ft")
+
+
+def make_scheduler(num_levels: int = 16, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+                   sigma_data: float = SIGMA_DATA, rho: float = RHO) -> CMStochasticIterativeScheduler:
+    """The scheduler whose config fixes the model's σ grid (N = ``num_levels`` Karras levels)."""
+    return CMStochasticIterativeScheduler(num_train_timesteps=num_levels, sigma_min=sigma_min,
+                                          sigma_max=sigma_max, sigma_data=sigma_data, rho=rho)
+
+
+class ConsistencyModel(torch.nn.Module):
+    """f(x, σ): x in VE form (x₀ + σ·ε, x₀ in [-1, 1]), shape (B, C, H, W); σ a float or a (B,) tensor.
+
+    ``sigmas``: the training grid, float64, descending (index 0 = σ_max, index N−1 = σ_min), exactly the
+    levels a freshly built ``CMStochasticIterativeScheduler`` with this config holds.
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler: CMStochasticIterativeScheduler):
+        super().__init__()
+        self.unet = unet
+        self.scheduler = scheduler
+        # A fresh copy: set_timesteps() on the pipeline's scheduler replaces its .sigmas.
+        self.sigmas = CMStochasticIterativeScheduler.from_config(scheduler.config).sigmas.double()
+        self.sigma_min = float(scheduler.config.sigma_min)
+        # Karras' formula gives σ_min only up to rounding (0.0020000000000000005); the boundary needs it exact.
+        self.sigmas[-1] = self.sigma_min
+        self.sigma_max = float(scheduler.config.sigma_max)
+        self.sigma_data = float(scheduler.config.sigma_data)
+
+    def _sigma_column(self, sigma: float | torch.Tensor, batch: int) -> torch.Tensor:
+        # Python floats become float64; a float tensor keeps its precision, so σ_min given in float32 still
+        # makes σ − σ_min exactly 0 (the scalar σ_min is rounded to the same float32).
+        keep = torch.is_tensor(sigma) and sigma.is_floating_point()
+        sigma = torch.as_tensor(sigma, dtype=None if keep else torch.float64).detach().cpu().reshape(-1)
+        return sigma.expand(batch) if sigma.numel() == 1 else sigma
+
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        s = self._sigma_column(sigma, len(x))
+        # c_skip(σ_min) = 1 and c_out(σ_min) = 0 exactly, and stay so after the cast to x's dtype.
+        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition(s)
+        # scale_model_input() reads the scheduler's step state (one σ per batch); training needs one per sample.
+        c_in = 1.0 / torch.sqrt(s**2 + self.sigma_data**2)
+        t = torch.from_numpy(self.scheduler.sigma_to_t(s.numpy()))
+        view = (-1,) + (1,) * (x.dim() - 1)
+        cast = dict(device=x.device, dtype=x.dtype)
+        out = self.unet(c_in.to(**cast).view(view) * x, t.to(**cast)).sample
+        return c_skip.to(**cast).view(view) * x + c_out.to(**cast).view(view) * out
+
+    def save_pretrained(self, out: str | Path) -> None:
+        """Write a ``ConsistencyModelPipeline`` folder (weights as safetensors)."""
+        ConsistencyModelPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(out)
+
+
+def level_at_or_above(sigmas: torch.Tensor, level: float) -> int:
+    """Index into the descending grid ``sigmas`` of the smallest level σ_k ≥ ``level``.
+
+    A level within 1e-9 (relative) of a grid level counts as that level, so an on-grid request adds no
+    noise despite float rounding. Raises InvalidArgument when ``level`` exceeds σ_max.
+    """
+    grid = sigmas.double()
+    ok = torch.nonzero(grid >= level * (1 - 1e-9)).flatten()
+    if len(ok) == 0:
+        raise InvalidArgument(
+            f"noise level {level:g} (2σ) is above this consistency model's σ_max={grid[0].item():g}")
+    return int(ok[-1])
+
+
+def top_up(x: torch.Tensor, level: float, sigmas: torch.Tensor,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """Raise the noise of ``x`` (VE form at noise level ``level``) to the next grid level σ_k ≥ level.
+
+    Returns (x + √(σ_k² − level²)·z, k) with z ~ N(0, I) drawn on the CPU from ``generator`` (the same
+    noise on every device for one seed); nothing is added when ``level`` is on the grid. The sum has
+    exactly the noise level σ_k the model was trained on, and stays a randomised function of x.
+    """
+    k = level_at_or_above(sigmas, level)
+    extra = float(sigmas[k]) ** 2 - level**2
+    if extra <= level**2 * 2e-9:  # on the grid (see level_at_or_above)
+        return x, k
+    z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+    return x + math.sqrt(extra) * z, k
+
+
+def multistep_levels(sigmas: torch.Tensor, start: int, steps: int) -> list[int]:
+    """Grid indices for ``steps`` consistency steps starting at index ``start``: evenly spread (in index)
+    over the levels from σ_start down to, but excluding, σ_min (where f is the identity)."""
+    last = len(sigmas) - 1  # σ_min
+    if steps < 1 or steps > last - start:
+        raise InvalidArgument(f"steps={steps}: between 1 and {max(1, last - start)} grid levels are available "
+                              f"at or below σ={float(sigmas[start]):g}")
+    idx = [start + round(i * (last - start) / steps) for i in range(steps)]
+    return sorted(set(idx))
+
+
+def consistency_sample(model: ConsistencyModel, x: torch.Tensor, start: int, steps: int = 1,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. Algorithm 1) from ``x`` at grid level σ_start.
+
+    Each step applies f once (one network call) and clips to [-1, 1]; between steps the estimate is
+    re-noised to the next level σ_j with √(σ_j² − σ_min²)·z (z from ``generator`` on the CPU).
+    Returns the final estimate of x₀ in [-1, 1].
+    """
+    levels = multistep_levels(model.sigmas, start, steps)
+    x0 = model(x, float(model.sigmas[levels[0]])).clamp(-1, 1)
+    for j in levels[1:]:
+        s = float(model.sigmas[j])
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+        x0 = model(x0 + math.sqrt(s**2 - model.sigma_min**2) * z, s).clamp(-1, 1)
+    return x0
+
+
+def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "consistency") -> ConsistencyModel:
+    """Load a consistency model in eval mode: embedded name (``digits`` with ``kind`` ``consistency`` or
+    ``consistency-ft``), ``ConsistencyModelPipeline`` folder, or hub id — resolved exactly like every other
+    model by :mod:`benchbench.models.store`."""
+    if kind not in KINDS:
+        raise InvalidArgument(f"unknown consistency model kind {kind!r} (available: {', '.join(KINDS)})")
+    unet = _load(UNet2DModel, ref, kind, subfolder="unet")
+    scheduler = _load(CMStochasticIterativeScheduler, ref, kind, subfolder="scheduler")
+    return ConsistencyModel(unet, scheduler).to(device).eval()
+
+
+def purify(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, generator: torch.Generator | None = None,
+           steps: int = 1) -> torch.Tensor:
+    """Consistency purification of x_noisy = x + δ (x in [0, 1], δ ~ N(0, σ²I), σ in image scale).
+
+    2·x_noisy − 1 = x₀ + 2σ·ε is the VE form at noise level 2σ; it is topped up to the next grid level
+    σ_k ≥ 2σ (:func:`top_up`), then ``steps`` consistency steps run from σ_k (:func:`consistency_sample`).
+    Returns images in [0, 1]; differentiable with respect to the model's weights.
+    """
+    x, k = top_up(2 * x_noisy - 1, 2 * sigma, model.sigmas, generator)
+    if k == len(model.sigmas) - 1:  # 2σ ≤ σ_min: f(x, σ_min) = x, no network call needed
+        return (x.clamp(-1, 1) + 1) / 2
+    return (consistency_sample(model, x, k, steps, generator) + 1) / 2
