@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
+from benchbench.errors import CheckpointError
 from benchbench.quality import DEFAULT_COPIES, Distance, write_quality
 from benchbench.report import format_markdown, write_report
 
@@ -18,14 +20,18 @@ class Artifacts:
 
 
 def write_run_artifacts(run_dir: Path | str, *, device: str = "cpu", grid_images: int = 4,
-                        copies: int = DEFAULT_COPIES, distance: Distance | None = None) -> Artifacts:
+                        copies: int = DEFAULT_COPIES, distance: Distance | str | None = "lpips") -> Artifacts:
     """Write ``quality.csv``, ``report.{md,csv,tex}`` (quality merged in) and ``pareto.png``,
     ``radius.png``, ``grid.png`` into a run directory. Figures are PNG only here; the ``bench plot``
     commands also write SVG."""
     from benchbench.plots import grid_from_run, plot_grid, plot_pareto, plot_radius
 
     run_dir = Path(run_dir)
-    write_quality(run_dir, distance=distance, copies=copies, device=device)
+    try:
+        write_quality(run_dir, distance=distance, copies=copies, device=device)
+    except CheckpointError as exc:  # e.g. LPIPS vgg weights missing: say so, and measure the rest
+        print(f"bench: warning: quality without a perceptual distance: {exc}", file=sys.stderr)
+        write_quality(run_dir, distance=None, copies=copies, device=device)
     table = write_report(run_dir)
     files = [run_dir / name for name in ("quality.csv", "report.md", "report.csv", "report.tex")]
     files += plot_pareto(run_dir, run_dir / "pareto.png", formats=("png",))

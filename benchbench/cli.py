@@ -107,6 +107,8 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
     quality = sub.add_parser("quality", help="measure MSE and label preservation of each purifier (quality.csv)")
     quality.add_argument("run_dir", metavar="RUN_DIR")
     quality.add_argument("--copies", type=int, default=8, help="noisy copies per image (default: 8)")
+    quality.add_argument("--distance", default="lpips",
+                         help="perceptual distance: lpips (the dataset's default), digits-cnn, vgg, alex, l2")
     quality.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
     compare = sub.add_parser("compare", help="exact McNemar test between two purifiers of a run")
@@ -175,7 +177,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_quality(args: argparse.Namespace) -> int:
     from benchbench.quality import write_quality
 
-    print(write_quality(args.run_dir, copies=args.copies, device=_device(args.device)).to_markdown(index=False))
+    print(write_quality(args.run_dir, copies=args.copies, device=_device(args.device),
+                        distance=args.distance).to_markdown(index=False))
     print(f"\nwrote quality.csv in {args.run_dir} (bench report merges it)")
     return 0
 

@@ -91,10 +91,22 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
     return pd.DataFrame(out)
 
 
-def write_quality(run_dir: Path | str, *, distance: Distance | None = None, copies: int = DEFAULT_COPIES,
+def perceptual_distance(name: str, dataset: str, device: str = "cpu") -> Distance:
+    """The LPIPS-style distance ``name`` (``lpips`` = the dataset's default, see :mod:`benchbench.perceptual`)
+    taking images in [0, 1], as :func:`measure_quality` wants; raises CheckpointError when its backbone
+    weights are missing."""
+    from benchbench.perceptual import get_distance, resolve_distance
+
+    d = get_distance(resolve_distance(name, dataset), device)
+    return lambda a, b: d(2 * a - 1, 2 * b - 1)
+
+
+def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpips", copies: int = DEFAULT_COPIES,
                   device: str = "cpu") -> pd.DataFrame:
     """Measure the quality of every purifier configuration of a run, at its σs and on its images, with the
-    run's classifier and seed; write ``quality.csv`` into the run directory and return it."""
+    run's classifier and seed; write ``quality.csv`` into the run directory and return it. ``distance`` is a
+    callable, a distance name for :func:`perceptual_distance` (recorded in a ``distance_name`` column), or
+    None to skip it."""
     from benchbench.data import get_dataset
     from benchbench.models.store import load_classifier
 
@@ -109,7 +121,15 @@ def write_quality(run_dir: Path | str, *, distance: Distance | None = None, copi
         raise BenchError(f"cannot rebuild the run's purifiers to measure quality: {exc}") from None
     test = get_dataset(exp["dataset"], "test")
     classifier = load_classifier(exp["classifier"]["ref"], device)
+    name = None
+    if isinstance(distance, str):
+        from benchbench.perceptual import resolve_distance
+
+        name = resolve_distance(distance, exp["dataset"])
+        distance = perceptual_distance(name, exp["dataset"], device)
     table = measure_quality(purifiers, classifier, test.images, test.labels, exp["image_indices"], exp["sigmas"],
                             seed=exp["seed"], copies=copies, distance=distance, n0=exp["n0"])
+    if name is not None:
+        table["distance_name"] = name
     table.to_csv(run_dir / QUALITY_FILE, index=False)
     return table

@@ -86,9 +86,13 @@ def test_write_quality_uses_the_runs_purifiers_images_and_classifier(tmp_path):
     rng = np.random.RandomState(0)
     cells = {("identity", 0.5): random_rows(rng, 0.5, [0, 10], 0.01, 0.0, 0.5)}
     run = write_run(tmp_path / "run", [{"label": "identity", "name": "identity", "params": {}}], cells)
-    table = write_quality(run, copies=2)
+    assert list(write_quality(run, copies=2, distance=None).columns) == [
+        "purifier", "sigma", "images", "copies", "mse", "label_kept"]
+    table = write_quality(run, copies=2)  # default: the dataset's LPIPS-style distance, named in the table
     saved = pd.read_csv(run / "quality.csv")
-    assert list(saved.columns) == ["purifier", "sigma", "images", "copies", "mse", "label_kept"]
+    assert list(saved.columns) == ["purifier", "sigma", "images", "copies", "mse", "distance", "label_kept",
+                                   "distance_name"]
+    assert saved.loc[0, "distance_name"] == "digits-cnn" and saved.loc[0, "distance"] > 0
     assert saved.loc[0, "images"] == 2 and saved.loc[0, "copies"] == 2
     # Identity: the error is the noise itself, σ² per pixel in expectation (2 images × 2 copies × 64 pixels).
     assert 0.15 < saved.loc[0, "mse"] < 0.35
