@@ -57,3 +57,23 @@ def test_shipped_ddpm_loads_with_diffusers_own_pipeline():
         assert got[t] == pytest.approx(value, rel=1e-3)
     # And it denoises: far better than predicting zero noise (whose error would be 1).
     assert claimed["200"] < 0.2
+
+
+def test_train_commands_write_loadable_models_with_manifests(tmp_path, capsys):
+    """`bench train classifier|ddpm` on a few steps: the folders load through the one loader and diffusers."""
+    from diffusers import DDPMPipeline
+
+    from benchbench.cli import main
+    from benchbench.models.store import load_ddpm
+
+    assert main(["train", "classifier", "--epochs", "1", "--out", str(tmp_path / "clf")]) == 0
+    assert main(["train", "ddpm", "--steps", "3", "--out", str(tmp_path / "ddpm")]) == 0
+    clf = load_classifier(str(tmp_path / "clf"))
+    assert clf(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    manifest = read_manifest(str(tmp_path / "clf"), "classifier")
+    assert manifest["training_config"]["epochs"] == 1 and 0.0 <= manifest["metrics"]["test_accuracy"] <= 1.0
+    unet, scheduler = load_ddpm(str(tmp_path / "ddpm"))
+    assert isinstance(DDPMPipeline.from_pretrained(tmp_path / "ddpm").unet, type(unet))
+    ddpm_manifest = read_manifest(str(tmp_path / "ddpm"), "ddpm")
+    assert ddpm_manifest["training_config"]["steps"] == 3
+    assert set(ddpm_manifest["metrics"]["test_eps_mse_by_t"]) == {"10", "50", "100", "200", "400", "700"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -60,3 +61,26 @@ def write_manifest(out: Path, *, kind: str, config: dict[str, Any], metrics: dic
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                   sched: torch.optim.lr_scheduler.LRScheduler, ema: Any, clip: float = 1.0) -> None:
+    """One update shared by every trainer: backward, clip the gradient norm, step, schedule, EMA."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    sched.step()
+    ema.step(model.parameters())
+
+
+def smoothed(running: float | None, value: float, keep: float = 0.98) -> float:
+    """Exponentially smoothed loss for the progress bar and the manifest."""
+    return value if running is None else keep * running + (1 - keep) * value
+
+
+def ema_copy(model: torch.nn.Module, ema: Any) -> torch.nn.Module:
+    """A CPU copy of ``model`` in eval mode holding the EMA weights (what the trainers save)."""
+    final = copy.deepcopy(model).cpu().eval()
+    ema.copy_to(final.parameters())
+    return final

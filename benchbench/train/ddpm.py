@@ -5,7 +5,6 @@ Saved with ``DDPMPipeline.save_pretrained`` so that ``diffusers.DDPMPipeline.fro
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from benchbench.data import get_dataset
-from benchbench.train.common import prepare_output, seed_everything, write_manifest
+from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
+                                     write_manifest)
 
 
 @dataclass
@@ -82,17 +82,11 @@ def train_ddpm(out: str | Path, config: DDPMConfig, device: str = "cpu") -> dict
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, config.num_train_timesteps, (len(x0),), generator=gen).to(device)
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.step(unet.parameters())
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        optimizer_step(loss, unet, opt, sched, ema)
+        running = smoothed(running, loss.item())
         bar.set_postfix(loss=f"{running:.4f}")
     seconds = time.time() - start
-    final = copy.deepcopy(unet).cpu()
-    ema.copy_to(final.parameters())
+    final = ema_copy(unet, ema)
     eval_gen = torch.Generator().manual_seed(12345)
     metrics = {
         "train_loss_ema_smoothed": running,

@@ -32,7 +32,8 @@ from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import fingerprint, load_ddpm
 from benchbench.perceptual import Distance, get_distance, resolve_distance
-from benchbench.train.common import prepare_output, seed_everything, write_manifest
+from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
+                                     write_manifest)
 
 
 @dataclass
@@ -123,22 +124,16 @@ def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -
             loss = warm_start_loss(student, teacher, x0, gen)
         else:
             loss = distillation_loss(student, target, teacher, x0, distance, gen)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, student, opt, sched, ema)
         if step >= config.warm_start_steps:
             target_ema.step(student.parameters())
             target_ema.copy_to(target.parameters())
-        ema.step(student.parameters())
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        running = smoothed(running, loss.item())
         if step % 100 == 0 or step == config.steps - 1:
             history.append([step, round(running, 6)])
         bar.set_postfix(loss=f"{running:.4f}")
     seconds = time.time() - start
-    final = copy.deepcopy(student).cpu().eval()
-    ema.copy_to(final.parameters())
+    final = ema_copy(student, ema)
     final.save_pretrained(out)
     metrics = {"train_loss_smoothed": running, "loss_history": history,
                **evaluate_consistency(final, dataset=config.dataset, teacher=config.teacher)}

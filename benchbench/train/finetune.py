@@ -31,7 +31,8 @@ from benchbench.data import get_dataset
 from benchbench.models.consistency import ConsistencyModel, level_at_or_above, load_consistency, top_up
 from benchbench.models.store import fingerprint, read_manifest
 from benchbench.perceptual import Distance, get_distance, resolve_distance
-from benchbench.train.common import prepare_output, seed_everything, write_manifest
+from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
+                                     write_manifest)
 
 
 @dataclass
@@ -105,19 +106,13 @@ def train_finetune(out: str | Path, config: FinetuneConfig, device: str = "cpu")
             idx = torch.randint(0, len(x_train), (config.anchor_batch,), generator=gen)
             loss = loss + config.anchor_weight * anchor_loss(model, base, x_train[idx.to(device)], config.sigmas,
                                                              distance, gen)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.step(model.parameters())
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        optimizer_step(loss, model, opt, sched, ema)
+        running = smoothed(running, loss.item())
         if step % 100 == 0 or step == config.steps - 1:
             history.append([step, round(running, 6)])
         bar.set_postfix(loss=f"{running:.4f}")
     seconds = time.time() - start
-    final = copy.deepcopy(model).cpu().eval()
-    ema.copy_to(final.parameters())
+    final = ema_copy(model, ema)
     final.save_pretrained(out)
     kw = dict(dataset=config.dataset, distance=distance_name, sigmas=config.sigmas)
     before, after = evaluate_consistency(base.cpu(), **kw), evaluate_consistency(final, **kw)
