@@ -318,7 +318,8 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
     import torch
 
     from benchbench.data import get_dataset
-    from benchbench.quality import noisy_copies, seed_purifier
+    from benchbench.quality import noisy_copies
+    from benchbench.runner import seed_purifier
     from benchbench.registry import get_purifier
 
     test = get_dataset(dataset, "test")

@@ -25,7 +25,7 @@ from benchbench.errors import BenchError, InvalidArgument
 from benchbench.registry import Purifier, get_purifier
 from benchbench.report import QUALITY_FILE
 from benchbench.results import CONFIG
-from benchbench.runner import noise_generator
+from benchbench.runner import noise_generator, seed_purifier
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``distance(a, b)``: two batches (B, C, H, W) in [0, 1] → per-image distances, shape (B,)."""
@@ -45,13 +45,6 @@ def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: 
     draw = copies if n0 is None else max(copies, min(NOISE_BLOCK, n0))
     gen = noise_generator(seed, idx, sigma)
     return next(noisy_batches(x, draw, sigma=sigma, batch_size=draw, generator=gen))[:copies]
-
-
-def seed_purifier(purifier: Purifier, *, seed: int, idx: int, sigma: float) -> None:
-    """Seed a stochastic purifier exactly as the runner does before image ``idx`` at σ."""
-    if hasattr(purifier, "manual_seed"):
-        gen = noise_generator(seed, idx, sigma, 1)
-        purifier.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
 
 
 @torch.no_grad()

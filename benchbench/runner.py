@@ -94,6 +94,14 @@ def noise_generator(seed: int, idx: int, sigma: float, stream: int = 0) -> torch
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
+def seed_purifier(purifier: Any, *, seed: int, idx: int, sigma: float) -> None:
+    """Seed a stochastic purifier (one with ``manual_seed``) for image ``idx`` at σ from stream 1, so its
+    own noise depends on (run seed, image, σ) alone; quality and the image grid reuse it."""
+    if hasattr(purifier, "manual_seed"):
+        gen = noise_generator(seed, idx, sigma, 1)
+        purifier.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -182,8 +190,7 @@ def _certify_one(config: RunConfig, purifier: Any, classifier: torch.nn.Module, 
     device = next(classifier.parameters()).device
     x = test.images[idx].to(device)
     label = int(test.labels[idx])
-    if hasattr(purifier, "manual_seed"):
-        purifier.manual_seed(int(torch.randint(0, 2**62, (1,), generator=noise_generator(config.seed, idx, sigma, 1))))
+    seed_purifier(purifier, seed=config.seed, idx=idx, sigma=sigma)
 
     @torch.no_grad()
     def classify(batch: torch.Tensor) -> torch.Tensor:
