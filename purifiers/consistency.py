@@ -6,6 +6,7 @@ import torch
 
 from benchbench.models.consistency import load_consistency, multistep_levels, purify
 from benchbench.models.store import fingerprint, read_manifest
+from benchbench.seeding import CopyNoise
 
 
 class ConsistencyBase:
@@ -22,8 +23,6 @@ class ConsistencyBase:
         self.steps = steps
         self.networks = (self.model.unet,)
         self.fingerprint = self._fingerprint()  # recorded in config.json
-        # CPU generator: the purifier's own noise is the same on every device for one seed.
-        self.generator = torch.Generator().manual_seed(0)
 
     def _fingerprint(self) -> str:
         """The weights' hash, plus the distances it was trained with (from its manifest, when it has one)."""
@@ -34,13 +33,11 @@ class ConsistencyBase:
                 text += f";{key}={cfg[key]}"
         return text
 
-    def manual_seed(self, seed: int) -> None:
-        """Reseed the purifier's own noise (the runner derives the seed from the run seed, image and σ)."""
-        self.generator.manual_seed(seed)
+    stochastic = True  # the top-up and multistep noise come from the batch's CopyNoise
 
     @torch.no_grad()
-    def __call__(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
-        return purify(self.model, x_noisy, sigma, self.generator, self.steps)
+    def __call__(self, x_noisy: torch.Tensor, sigma: float, noise: CopyNoise) -> torch.Tensor:
+        return purify(self.model, x_noisy, sigma, noise, self.steps)
 
 
 class ConsistencyPurifier(ConsistencyBase):
@@ -48,7 +45,7 @@ class ConsistencyPurifier(ConsistencyBase):
 
     x_noisy = x + δ in [0, 1] is 2·x_noisy − 1 = x₀ + 2σ·ε in the model's [-1, 1] scale: VE noise level 2σ.
     When 2σ is not a level σ_k of the model's training grid, independent noise √(σ_k² − 4σ²)·ε' from the
-    purifier's own generator first raises it to the next level σ_k ≥ 2σ, so the model sees exactly the noise
+    purifier's per-copy noise first raises it to the next level σ_k ≥ 2σ, so the model sees exactly the noise
     level it was trained on; the purifier is then a randomised function of x + δ alone, which keeps the
     smoothing certificate valid. One network call gives f(x, σ_k), clipped to [-1, 1] and mapped to [0, 1].
     With ``steps`` > 1, multistep consistency sampling: re-noise the estimate to smaller grid levels and
@@ -62,7 +59,7 @@ class ConsistencyFTPurifier(ConsistencyBase):
     """Consistency purification with the LPIPS fine-tuned model (Li et al. 2024): one call from 2σ.
 
     Same procedure as :class:`ConsistencyPurifier` (top-up to the next grid level σ_k ≥ 2σ with the
-    purifier's own noise, f(x, σ_k), clip, map to [0, 1]; ``steps`` > 1 for multistep), with a model
+    purifier's per-copy noise, f(x, σ_k), clip, map to [0, 1]; ``steps`` > 1 for multistep), with a model
     fine-tuned to minimise the LPIPS-style distance between purified and clean images at σ ∈ {0.25, 0.5, 1}.
     Default model: the embedded ``digits`` model of kind ``consistency-ft``.
     """

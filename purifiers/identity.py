@@ -9,6 +9,8 @@ class IdentityPurifier:
     """No purification: the classifier sees x + δ itself (Cohen et al. 2019)."""
 
     networks: tuple[torch.nn.Module, ...] = ()
+    # Noisy images leave [0, 1]; the output check must not clip or refuse them.
+    output_range = None
 
     def __call__(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
         # Values outside [0, 1] are kept: clipping would change the base classifier Cohen et al. certify.

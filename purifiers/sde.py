@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
+from benchbench.seeding import CopyNoise
 from purifiers.diffusion import DDPMBase, strided_timesteps
 
 
@@ -15,17 +16,14 @@ class SDEPurifier(DDPMBase):
         super().__init__(model=model, device=device, dataset=dataset)
         self.steps = self.check_steps(steps)
         self.sampler = DDPMScheduler.from_config(self.scheduler.config)
-        # CPU generator: the purifier's noise is the same on every device for one seed.
-        self.generator = torch.Generator().manual_seed(0)
 
-    def manual_seed(self, seed: int) -> None:
-        """Reseed the purifier's own noise (the runner derives the seed from the run seed, image and σ)."""
-        self.generator.manual_seed(seed)
+    stochastic = True  # called with the batch's CopyNoise
 
     @torch.no_grad()
-    def __call__(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+    def __call__(self, x_noisy: torch.Tensor, sigma: float, noise: CopyNoise) -> torch.Tensor:
         x, t_star = self.start(x_noisy, sigma)
         self.sampler.set_timesteps(timesteps=strided_timesteps(t_star, self.steps))
         for t in self.sampler.timesteps:
-            x = self.sampler.step(self.eps(x, int(t)), t, x, generator=self.generator).prev_sample
+            # diffusers draws row i of the step's noise from generator[i]: one stream per noisy copy.
+            x = self.sampler.step(self.eps(x, int(t)), t, x, generator=noise.generators).prev_sample
         return self.to_image(x)

@@ -20,6 +20,7 @@ from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import load_ddpm
 from benchbench.nfe import ForwardCounter
 from benchbench.perceptual import ClassifierLPIPS, L2Distance, get_distance
+from benchbench.seeding import CopyNoise
 
 N, SIGMA_MAX = 12, 80.0  # the tiny models' grid
 
@@ -130,20 +131,24 @@ def test_purifier_is_top_up_then_one_call(tiny_cm_folder):
     unet = UNet2DModel.from_pretrained(tiny_cm_folder, subfolder="unet").eval()
     for sigma in (float(grid[6]) / 2, 0.3):  # on the grid, then off it
         k = int(np.nonzero(grid >= 2 * sigma * (1 - 1e-9))[0][-1])
-        purifier.manual_seed(11)
+        noise = CopyNoise.for_copies(11, sigma, 2, range(4))
         with ForwardCounter(purifier.networks) as count:
-            got = purifier(x_noisy, sigma)
+            got = purifier(x_noisy, sigma, noise)
         assert count.calls == 1 and got.min() >= 0 and got.max() <= 1
         extra = math.sqrt(max(grid[k] ** 2 - 4 * sigma**2, 0.0))
-        z = torch.randn(x_noisy.shape, generator=torch.Generator().manual_seed(11)) if extra > 1e-6 else 0.0
+        # The top-up noise of copy c is the first draw of that copy's own stream.
+        z = CopyNoise.for_copies(11, sigma, 2, range(4)).randn_like(x_noisy) if extra > 1e-6 else 0.0
         x_in = 2 * x_noisy - 1 + extra * z
         expected = (reference_f(unet, x_in, float(grid[k])).clamp(-1, 1) + 1) / 2
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # Multistep: one network call per step.
     multi = _direct(tiny_cm_folder, steps=3)
     with ForwardCounter(multi.networks) as count:
-        multi(x_noisy, 0.25)
+        a = multi(x_noisy, 0.25, CopyNoise.for_copies(0, 0.25, 0, range(4)))
     assert count.calls == 3
+    # Each copy's output depends on its own key alone: copy 3 alone gives its row of the batch.
+    torch.testing.assert_close(multi(x_noisy[3:], 0.25, CopyNoise.for_copies(0, 0.25, 0, [3])), a[3:],
+                               atol=1e-6, rtol=0)
     with pytest.raises(InvalidArgument, match="steps"):
         _direct(tiny_cm_folder, steps=N)
 
@@ -244,7 +249,7 @@ def test_shipped_consistency_models_load_and_purify():
         purifier = getattr(module, cls)()
         assert "distance=digits-cnn" in purifier.fingerprint
         x = torch.rand(2, 1, 8, 8)
-        out = purifier(x + 0.5 * torch.randn(2, 1, 8, 8), 0.5)
+        out = purifier(x + 0.5 * torch.randn(2, 1, 8, 8), 0.5, CopyNoise.for_copies(0, 0.5, 0, range(2)))
         assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
     cd = read_manifest("digits", "consistency")["metrics"]
     assert cd["fd_one_step"] <= 2 * cd["fd_teacher"]

@@ -9,7 +9,8 @@ from benchbench.cli import main
 from benchbench.data import get_dataset
 from benchbench.errors import InvalidArgument
 from benchbench.nfe import ForwardCounter
-from benchbench.registry import get_purifier
+from benchbench.registry import get_purifier, purify
+from benchbench.seeding import CopyNoise
 
 SIGMA = 0.5
 
@@ -36,7 +37,7 @@ def count_unet_calls(purifier, x, sigma):
     purifier.unet.forward = counting
     try:
         with ForwardCounter(purifier.networks) as counter:
-            purifier(x, sigma)
+            purify(purifier, x, sigma, CopyNoise.for_copies(0, sigma, 0, range(len(x))))
     finally:
         purifier.unet.forward = original
     assert counter.calls == len(calls) and counter.rows == sum(calls)
@@ -99,20 +100,25 @@ def test_pfode_converges_to_a_fine_reference_and_heun_needs_fewer_calls(noisy_di
     assert calls_to_reach("heun") < calls_to_reach("ddim")
 
 
-def test_sde_is_reproducible_per_seed_and_random_across_seeds(noisy_digits):
+def test_sde_noise_is_keyed_by_copy_not_by_batch(noisy_digits):
     purifier = get_purifier("sde", steps=5)
-    purifier.manual_seed(1)
-    a = purifier(noisy_digits, SIGMA)
-    purifier.manual_seed(1)
-    assert torch.equal(a, purifier(noisy_digits, SIGMA))
-    purifier.manual_seed(2)
-    assert rms(a, purifier(noisy_digits, SIGMA)) > 0.01
+    assert purifier.stochastic
+
+    def noise(seed, copies):
+        return CopyNoise.for_copies(seed, SIGMA, 3, copies)
+
+    a = purifier(noisy_digits, SIGMA, noise(1, range(8)))
+    assert torch.equal(a, purifier(noisy_digits, SIGMA, noise(1, range(8))))
+    assert rms(a, purifier(noisy_digits, SIGMA, noise(2, range(8)))) > 0.01
+    # Copies 5..7 alone, in a batch of their own, get exactly the rows they got in the batch of 8.
+    torch.testing.assert_close(purifier(noisy_digits[5:], SIGMA, noise(1, range(5, 8))), a[5:], atol=1e-6, rtol=0)
     assert a.min() >= 0 and a.max() <= 1
 
 
 def test_one_step_limits_agree_with_ddpm(tiny_ddpm, noisy_digits):
     one_step = get_purifier("ddpm", model=str(tiny_ddpm))(noisy_digits, SIGMA)
-    torch.testing.assert_close(get_purifier("sde", steps=1, model=str(tiny_ddpm))(noisy_digits, SIGMA), one_step)
+    sde = get_purifier("sde", steps=1, model=str(tiny_ddpm))
+    torch.testing.assert_close(sde(noisy_digits, SIGMA, CopyNoise.for_copies(0, SIGMA, 0, range(8))), one_step)
     torch.testing.assert_close(
         get_purifier("pfode", steps=1, solver="ddim", model=str(tiny_ddpm))(noisy_digits, SIGMA), one_step,
         atol=1e-5, rtol=0)
@@ -133,7 +139,7 @@ def test_multistep_purifiers_run_through_bench_run(tmp_path, tiny_ddpm):
     summary = pd.read_csv(out / "summary.csv").set_index("purifier")
     assert summary.loc[f"sde(steps=3,model={tiny_ddpm})", "nfe"] == 3
     assert summary.loc[f"pfode(steps=3,solver=heun,model={tiny_ddpm})", "nfe"] == 5
-    # sde is reseeded per (image, σ) from the run seed: a second run gives the same rows.
+    # sde's noise is keyed by (run seed, image, σ, copy): a second run gives the same rows.
     assert main(["run", "--purifiers", specs, "--num-images", "2", "--sigmas", "0.5", "--n0", "4", "--n", "12",
                  "--batch-size", "5", "--out", str(tmp_path / "again")]) == 0
     for file in out.glob("certify_sde*.tsv"):

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Union
 
 import torch
 from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
 from benchbench.errors import InvalidArgument
 from benchbench.models.store import _load
+from benchbench.seeding import CopyNoise
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 90.0
@@ -100,20 +102,30 @@ def level_at_or_above(sigmas: torch.Tensor, level: float) -> int:
     return int(ok[-1])
 
 
-def top_up(x: torch.Tensor, level: float, sigmas: torch.Tensor,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+Noise = Union[CopyNoise, torch.Generator, None]
+"""Where the purifiers' extra noise comes from: a run's per-copy :class:`CopyNoise` (purification), or a
+plain CPU generator (training, which draws whole batches)."""
+
+
+def randn_like(x: torch.Tensor, noise: Noise) -> torch.Tensor:
+    """N(0, I) shaped like x, drawn in float32 on the CPU (the same values on every device), cast to x."""
+    if isinstance(noise, CopyNoise):
+        return noise.randn_like(x)
+    return torch.randn(x.shape, generator=noise, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+
+
+def top_up(x: torch.Tensor, level: float, sigmas: torch.Tensor, noise: Noise = None) -> tuple[torch.Tensor, int]:
     """Raise the noise of ``x`` (VE form at noise level ``level``) to the next grid level σ_k ≥ level.
 
-    Returns (x + √(σ_k² − level²)·z, k) with z ~ N(0, I) drawn on the CPU from ``generator`` (the same
-    noise on every device for one seed); nothing is added when ``level`` is on the grid. The sum has
-    exactly the noise level σ_k the model was trained on, and stays a randomised function of x.
+    Returns (x + √(σ_k² − level²)·z, k) with z ~ N(0, I) from ``noise`` (:func:`randn_like`); nothing is
+    added when ``level`` is on the grid. The sum has exactly the noise level σ_k the model was trained on,
+    and stays a randomised function of x.
     """
     k = level_at_or_above(sigmas, level)
     extra = float(sigmas[k]) ** 2 - level**2
     if extra <= level**2 * 2e-9:  # on the grid (see level_at_or_above)
         return x, k
-    z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-    return x + math.sqrt(extra) * z, k
+    return x + math.sqrt(extra) * randn_like(x, noise), k
 
 
 def multistep_levels(sigmas: torch.Tensor, start: int, steps: int) -> list[int]:
@@ -128,19 +140,18 @@ def multistep_levels(sigmas: torch.Tensor, start: int, steps: int) -> list[int]:
 
 
 def consistency_sample(model: ConsistencyModel, x: torch.Tensor, start: int, steps: int = 1,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       noise: Noise = None) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. Algorithm 1) from ``x`` at grid level σ_start.
 
     Each step applies f once (one network call) and clips to [-1, 1]; between steps the estimate is
-    re-noised to the next level σ_j with √(σ_j² − σ_min²)·z (z from ``generator`` on the CPU).
+    re-noised to the next level σ_j with √(σ_j² − σ_min²)·z (z from ``noise``, :func:`randn_like`).
     Returns the final estimate of x₀ in [-1, 1].
     """
     levels = multistep_levels(model.sigmas, start, steps)
     x0 = model(x, float(model.sigmas[levels[0]])).clamp(-1, 1)
     for j in levels[1:]:
         s = float(model.sigmas[j])
-        z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
-        x0 = model(x0 + math.sqrt(s**2 - model.sigma_min**2) * z, s).clamp(-1, 1)
+        x0 = model(x0 + math.sqrt(s**2 - model.sigma_min**2) * randn_like(x, noise), s).clamp(-1, 1)
     return x0
 
 
@@ -155,7 +166,7 @@ def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "
     return ConsistencyModel(unet, scheduler).to(device).eval()
 
 
-def purify(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, generator: torch.Generator | None = None,
+def purify(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, noise: Noise = None,
            steps: int = 1) -> torch.Tensor:
     """Consistency purification of x_noisy = x + δ (x in [0, 1], δ ~ N(0, σ²I), σ in image scale).
 
@@ -163,7 +174,7 @@ def purify(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, generat
     σ_k ≥ 2σ (:func:`top_up`), then ``steps`` consistency steps run from σ_k (:func:`consistency_sample`).
     Returns images in [0, 1]; differentiable with respect to the model's weights.
     """
-    x, k = top_up(2 * x_noisy - 1, 2 * sigma, model.sigmas, generator)
+    x, k = top_up(2 * x_noisy - 1, 2 * sigma, model.sigmas, noise)
     if k == len(model.sigmas) - 1:  # 2σ ≤ σ_min: f(x, σ_min) = x, no network call needed
         return (x.clamp(-1, 1) + 1) / 2
-    return (consistency_sample(model, x, k, steps, generator) + 1) / 2
+    return (consistency_sample(model, x, k, steps, noise) + 1) / 2

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchbench.environment import versions
 from benchbench.errors import BenchError
 
 
@@ -26,24 +26,6 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG (dropout, init) and return a CPU generator for data order and noise."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def versions() -> dict[str, str]:
-    """Versions of what decides the numbers: Python, torch, diffusers, numpy, scikit-learn, benchbench."""
-    import diffusers
-    import numpy
-    import sklearn
-
-    import benchbench
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "numpy": numpy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "benchbench": benchbench.__version__,
-    }
 
 
 def write_manifest(out: Path, *, kind: str, config: dict[str, Any], metrics: dict[str, Any],
