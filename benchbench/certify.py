@@ -112,6 +112,15 @@ def noisy_batches(
         yield x.unsqueeze(0) + sigma * eps[:take].to(x.device)
 
 
+def certification_batches(
+    x: torch.Tensor, *, sigma: float, n0: int, n: int, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """The n0 + n noisy copies of x that :func:`certify` draws, in its order (the n0 selection copies, then
+    the n estimation copies), in batches of at most ``batch_size`` that never straddle the two phases."""
+    yield from noisy_batches(x, n0, sigma=sigma, batch_size=batch_size, generator=generator)
+    yield from noisy_batches(x, n, sigma=sigma, batch_size=batch_size, generator=generator)
+
+
 def sample_counts(
     classify: Classify,
     x: torch.Tensor,

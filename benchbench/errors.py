@@ -22,3 +22,13 @@ class CheckpointError(BenchError):
 
 class RunConflict(BenchError):
     """An output directory that already holds a run with a different configuration."""
+
+
+class PluginFault(BenchError):
+    """A purifier or classifier that broke its contract while running (raised, or returned NaN, the wrong
+    shape, dtype or scale). Rows already written stay valid; the CLI exits with status 1."""
+
+
+class ResourceError(BenchError):
+    """The machine ran out of something while running (memory, disk space, a writable file system).
+    The CLI exits with status 1; rows written so far are kept and a rerun resumes."""

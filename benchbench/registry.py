@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import os
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -31,18 +32,28 @@ class Purifier(Protocol):
 
     ``__call__(x_noisy, sigma)``: x_noisy = x + δ with x in [0, 1] and δ ~ N(0, σ²I), σ in that same
     image scale (a diffusion model working in [-1, 1] sees noise level 2σ); shape (B, C, H, W), float.
-    Returns purified images in [0, 1] with the same shape, on the same device.
+    Returns purified images in [0, 1] with the same shape, on the same device (checked by
+    :mod:`benchbench.validate`).
 
     ``networks``: every torch module whose forward calls count as network function evaluations (NFE);
     the harness counts NFE by hooking these modules, so a purifier never reports its own NFE.
 
-    Optional: ``fingerprint`` (str), a hash of the weights it loaded, recorded in the run's config; and
-    ``manual_seed(seed)``, called before each (image, σ) so a stochastic purifier is reproducible.
+    Optional class attributes:
+
+    * ``stochastic = True``: the purifier is random and is called as ``__call__(x_noisy, sigma, noise)``
+      with a :class:`benchbench.seeding.CopyNoise` for the batch's rows; it draws all its randomness from
+      ``noise`` (never from a generator of its own), so its output for a noisy copy depends on (run seed,
+      image, σ, copy) alone, not on batching or the device.
+    * ``votes = K`` (default 1): ``__call__`` returns (B·K, C, H, W), rows b·K … b·K+K−1 being K purified
+      samples of input b; the harness classifies every row and takes the majority label per input (ties to
+      the lowest class).
+    * ``output_range = None``: the output is not required to lie in [0, 1] (``identity``).
+    * ``fingerprint`` (str): a hash of the weights it loaded, recorded in the run's config.
     """
 
     networks: Sequence[torch.nn.Module]
 
-    def __call__(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor: ...
+    def __call__(self, x_noisy: torch.Tensor, sigma: float, *args: Any) -> torch.Tensor: ...
 
 
 Factory = Callable[..., Purifier]
@@ -176,7 +187,20 @@ class PurifierSpec:
                 raise InvalidArgument(f"purifier {name!r} has no parameter {key!r} (accepted: {accepted})")
             given[key] = known[key].parse(value)
         ordered = {k: given[k] for k in known if k in given}
-        return cls(name, ordered)
+        spec = cls(name, ordered)
+        if any(ch in spec.label for ch in "\t\n\r"):
+            raise InvalidArgument(f"purifier spec {text!r} contains a tab or line break")
+        return spec
+
+    def canonical(self) -> tuple:
+        """What decides the configuration: the name and every parameter with defaults filled in, paths
+        that exist resolved (``ckpt//v1`` and ``./ckpt/v1`` are one folder)."""
+        values = {p.name: p.default for p in purifier_params(self.name)}
+        values.update(self.params)
+        for key, value in values.items():
+            if isinstance(value, str) and value and os.path.exists(value):
+                values[key] = os.path.realpath(value)
+        return (self.name, tuple(sorted((k, repr(v)) for k, v in values.items())))
 
 
 def parse_purifier_list(text: str) -> list[PurifierSpec]:
@@ -191,15 +215,20 @@ def parse_purifier_list(text: str) -> list[PurifierSpec]:
             specs.extend(PurifierSpec(n) for n in available_purifiers())
         else:
             specs.append(PurifierSpec.parse(item))
-    labels = [s.label for s in specs]
-    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
-    if dupes:
-        raise InvalidArgument(f"purifier listed twice: {', '.join(dupes)}")
+    seen: dict[tuple, str] = {}
+    for spec in specs:
+        key = spec.canonical()
+        if key in seen:
+            same = spec.label if seen[key] == spec.label else f"{seen[key]} and {spec.label}"
+            raise InvalidArgument(f"purifier listed twice: {same} (the same configuration)")
+        seen[key] = spec.label
     return specs
 
 
 def get_purifier(name: str, **params: Any) -> Purifier:
-    """Build purifier ``name`` with ``params`` (user parameters plus optional ``device``/``dataset``)."""
+    """Build purifier ``name`` with ``params`` (user parameters plus optional ``device``/``dataset``) and
+    check that the result follows the :class:`Purifier` protocol. A factory that raises is reported as one
+    BenchError line naming the purifier."""
     factory = get_factory(name)
     accepted = inspect.signature(factory).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
@@ -210,7 +239,43 @@ def get_purifier(name: str, **params: Any) -> Purifier:
         elif key not in HARNESS_PARAMS:
             names = ", ".join(p.name for p in purifier_params(name)) or "none"
             raise InvalidArgument(f"purifier {name!r} has no parameter {key!r} (accepted: {names})")
-    purifier = factory(**call)
-    if not callable(purifier) or not hasattr(purifier, "networks"):
-        raise BenchError(f"purifier {name!r} does not follow the Purifier protocol (callable with .networks)")
+    try:
+        purifier = factory(**call)
+    except BenchError:
+        raise
+    except Exception as exc:  # a plugin's bug: one line naming it, not a traceback
+        raise BenchError(f"purifier {name!r} could not be built: {type(exc).__name__}: {_first_line(exc)}") from exc
+    check_protocol(name, purifier)
     return purifier
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def check_protocol(name: str, purifier: Any) -> None:
+    """Raise BenchError unless ``purifier`` is callable, has ``networks`` (a sequence of torch modules),
+    an integer ``votes`` ≥ 1 and a boolean ``stochastic`` when it sets them."""
+    if not callable(purifier):
+        raise BenchError(f"purifier {name!r} does not follow the Purifier protocol: "
+                         f"its factory returned {type(purifier).__name__}, which is not callable")
+    networks = getattr(purifier, "networks", None)
+    if isinstance(networks, torch.nn.Module) or not isinstance(networks, (list, tuple)) or \
+            not all(isinstance(n, torch.nn.Module) for n in networks):
+        raise BenchError(f"purifier {name!r} does not follow the Purifier protocol: networks must be a list or "
+                         f"tuple of torch modules (empty when it has none), got {networks!r:.60}")
+    votes = getattr(purifier, "votes", 1)
+    if not isinstance(votes, int) or isinstance(votes, bool) or votes < 1:
+        raise BenchError(f"purifier {name!r}: votes must be an integer >= 1, got {votes!r:.60}")
+    if not isinstance(getattr(purifier, "stochastic", False), bool):
+        raise BenchError(f"purifier {name!r}: stochastic must be True or False")
+
+
+def purify(purifier: Purifier, x_noisy: torch.Tensor, sigma: float, noise: Any) -> Any:
+    """Call ``purifier`` by its contract: with ``noise`` (a :class:`benchbench.seeding.CopyNoise`) only
+    when it declares ``stochastic = True``. Returns whatever it returns (check it with
+    :func:`benchbench.validate.check_purifier_output`)."""
+    if getattr(purifier, "stochastic", False):
+        return purifier(x_noisy, sigma, noise)
+    return purifier(x_noisy, sigma)
