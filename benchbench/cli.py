@@ -1,13 +1,22 @@
-"""The `bench` command: parse, call, print. Every user error is one line on stderr and exit status 2."""
+"""The `bench` command: parse, call, print.
+
+Exit status: 0 done; 1 a failure while running (a purifier or classifier that broke its contract, out of
+memory, a full or read-only disk) — rows already written are kept and a rerun resumes; 2 refused (bad
+input, checked before anything is written); 130 interrupted. Every error is one line on stderr;
+``bench --debug …`` or ``BENCH_DEBUG=1`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from typing import Sequence
 
-from benchbench.errors import BenchError
+from benchbench.errors import BenchError, PluginFault, ResourceError
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
@@ -23,6 +32,8 @@ def _build_parser() -> argparse.ArgumentParser:
     from benchbench.presets import PRESETS
 
     parser = _Parser(prog="bench", description="Compare diffusion purifiers for randomized-smoothing certification.")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error, not just its line (also: BENCH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="certify test images through each purifier, per σ")
@@ -106,7 +117,8 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
 
     quality = sub.add_parser("quality", help="measure MSE and label preservation of each purifier (quality.csv)")
     quality.add_argument("run_dir", metavar="RUN_DIR")
-    quality.add_argument("--copies", type=int, default=8, help="noisy copies per image (default: 8)")
+    quality.add_argument("--copies", type=int, default=8,
+                         help="noisy copies per image, at most the run's n0 + n (default: 8)")
     quality.add_argument("--distance", default="lpips",
                          help="perceptual distance: lpips (the dataset's default), digits-cnn, vgg, alex, l2")
     quality.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -133,10 +145,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig.from_args(args)
     result = run(config)
     print(result.summary_markdown)
-    artifacts = write_run_artifacts(result.run_dir, device=config.device)
-    print(f"\n{artifacts.markdown}")
+    for reason in result.failures.values():
+        print(f"bench: error: {reason}; that purifier was stopped, the others ran", file=sys.stderr)
+    if len(result.failures) < len(config.purifiers):
+        artifacts = write_run_artifacts(result.run_dir, device=config.device, skip=result.failures)
+        print(f"\n{artifacts.markdown}")
     print(f"\nwrote {result.run_dir}")
-    return 0
+    return EXIT_FAILED if result.failures else 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -167,9 +182,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from benchbench.report import format_markdown, write_report
+    from benchbench.report import coverage_warning, format_markdown, write_report
 
-    print(format_markdown(write_report(args.run_dir)))
+    table = write_report(args.run_dir)
+    warning = coverage_warning(table)
+    if warning:
+        print(f"bench: warning: {warning}", file=sys.stderr)
+    print(format_markdown(table))
     print(f"\nwrote report.md, report.csv, report.tex in {args.run_dir}")
     return 0
 
@@ -186,7 +205,10 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from benchbench.report import load_run_rows, mcnemar_exact
 
-    print(mcnemar_exact(load_run_rows(args.run_dir), args.a, args.b, args.sigma, args.radius))
+    result = mcnemar_exact(load_run_rows(args.run_dir), args.a, args.b, args.sigma, args.radius)
+    print(result)
+    if result.warning():
+        print(f"bench: warning: {result.warning()}", file=sys.stderr)
     return 0
 
 
@@ -265,15 +287,34 @@ COMMANDS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "plot": _cm
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `bench` console script; returns the exit status."""
     args = _build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("BENCH_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
+    except (PluginFault, ResourceError) as exc:
+        return _fail(str(exc), EXIT_FAILED, debug)
     except BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE, debug)
     except KeyboardInterrupt:
         print("bench: interrupted; rows written so far are kept and the run resumes with the same --out",
               file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only or vanished file system, permissions
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}; rows written so far are kept and a rerun resumes",
+                     EXIT_FAILED, debug)
+    except MemoryError:
+        return _fail("out of memory; use a smaller --batch-size", EXIT_FAILED, debug)
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return _fail(f"unexpected {type(exc).__name__}: {first} (bench --debug shows the traceback)", EXIT_FAILED,
+                     debug)
+
+
+def _fail(message: str, status: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"bench: error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -308,18 +308,17 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
                       seed: int, device: str = "cpu", n0: int | None = None) -> dict[str, Any]:
     """Clean, noisy and purified versions of test images ``indices`` for :func:`plot_grid`.
 
-    The noisy image at σ is the first noisy copy certification drew for that image (the runner's noise
-    generator for (seed, idx, σ); pass the run's ``n0`` to draw it exactly as certification's first block,
-    see :func:`benchbench.quality.noisy_copies`), and stochastic purifiers are seeded as the runner seeds
-    them. Returns
+    The noisy image at σ is the first noisy copy certification drew for that image (the noise generator
+    for (seed, idx, σ); pass the run's ``n0`` to draw it exactly as certification's first block, see
+    :func:`benchbench.quality.noisy_copies`), and a stochastic purifier gets that copy's own noise, so each
+    purified image is the one certification classified. Returns
     ``{"indices": [...], "sigmas": [...], "clean": (K,C,H,W), "noisy": {σ: (K,C,H,W)},
     "purified": {label: {σ: (K,C,H,W)}}}`` with CPU tensors; values are not clipped.
     """
     import torch
 
     from benchbench.data import get_dataset
-    from benchbench.quality import noisy_copies
-    from benchbench.runner import seed_purifier
+    from benchbench.quality import noisy_copies, purify_copies
     from benchbench.registry import get_purifier
 
     test = get_dataset(dataset, "test")
@@ -337,14 +336,16 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
             for s in sigmas:
                 outs = []
                 for k, idx in enumerate(indices):
-                    seed_purifier(purifier, seed=seed, idx=idx, sigma=s)
-                    outs.append(purifier(noisy[s][k : k + 1].to(device), s).cpu())
+                    out = purify_copies(purifier, spec.label, noisy[s][k : k + 1].to(device), s, seed=seed, idx=idx)
+                    outs.append(out[:1].cpu())  # a purifier with votes: its first sample
                 purified[spec.label][s] = torch.cat(outs)
     return {"indices": list(indices), "sigmas": list(sigmas), "clean": clean, "noisy": noisy, "purified": purified}
 
 
-def grid_from_run(run_dir: Path | str, images: int = 4, device: str = "cpu") -> dict[str, Any]:
-    """:func:`purification_grid` for the first ``images`` images, the purifiers, σs and seed of a run."""
+def grid_from_run(run_dir: Path | str, images: int = 4, device: str = "cpu",
+                  only: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`purification_grid` for the first ``images`` images, the purifiers (those labelled in ``only``,
+    default all), σs and seed of a run."""
     from benchbench.registry import PurifierSpec
 
     run_dir = Path(run_dir)
@@ -352,7 +353,7 @@ def grid_from_run(run_dir: Path | str, images: int = 4, device: str = "cpu") -> 
     if images < 1:
         raise InvalidArgument(f"images must be >= 1, got {images}")
     exp = json.loads((run_dir / CONFIG).read_text())["experiment"]
-    specs = [PurifierSpec(p["name"], p["params"]) for p in exp["purifiers"]]
+    specs = [PurifierSpec(p["name"], p["params"]) for p in exp["purifiers"] if only is None or p["label"] in only]
     return purification_grid(specs, exp["dataset"], exp["sigmas"], exp["image_indices"][:images], exp["seed"], device,
                              n0=exp.get("n0"))
 

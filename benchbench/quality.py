@@ -2,8 +2,8 @@
 still sees the right digit in it.
 
 For each purifier configuration, σ and run image, the purifier gets the first ``copies`` noisy copies of
-the certification noise (the runner's generator for (seed, image, σ), so the same draws every purifier and
-the certificates saw) and the result is compared with the clean image:
+the certification noise (the generator for (seed, image, σ), so the same draws every purifier and the
+certificates saw; a stochastic purifier gets each copy's own noise, so its outputs are the certified ones) and the result is compared with the clean image:
 
 * ``mse``: mean squared error per pixel in [0, 1] image scale, averaged over copies and images;
 * ``distance``: the mean of a caller-supplied ``distance(a, b) -> per-image tensor`` (e.g. an LPIPS-style
@@ -13,50 +13,80 @@ the certificates saw) and the result is compared with the clean image:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import pandas as pd
 import torch
 
-from benchbench.certify import NOISE_BLOCK, noisy_batches
-from benchbench.errors import BenchError, InvalidArgument
+from benchbench.certify import certification_batches, noisy_batches
+from benchbench.errors import BenchError, InvalidArgument, PluginFault
 from benchbench.registry import Purifier, get_purifier
 from benchbench.report import QUALITY_FILE
-from benchbench.results import CONFIG
-from benchbench.runner import noise_generator, seed_purifier
+from benchbench.results import read_config, write_atomic
+from benchbench.seeding import CopyNoise, noise_generator
+from benchbench.validate import OutputError, checked_purify, majority_vote
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``distance(a, b)``: two batches (B, C, H, W) in [0, 1] → per-image distances, shape (B,)."""
 
 DEFAULT_COPIES = 8
+DEFAULT_BATCH = 1000
 
 
 def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: int,
-                 n0: int | None = None) -> torch.Tensor:
+                 n0: int | None = None, n: int | None = None) -> torch.Tensor:
     """The first ``copies`` noisy copies of image ``idx`` that certification drew at σ: (copies, *x.shape).
 
-    Certification draws its first block of min(NOISE_BLOCK, n0) samples in one call; given the run's
-    ``n0`` (and copies ≤ that block) the same block is drawn here and cut, so the copies are those draws
-    whatever the image size. Without n0 only ``copies`` are drawn, which gives the same values whenever
-    the image has a multiple of 16 values (torch's CPU normal sampler fills 16 at a time).
+    Given the run's ``n0`` and ``n`` (copies ≤ n0 + n) they are exactly certification's draws, whatever the
+    image size (certification draws fixed blocks, selection then estimation). Without them ``copies`` are
+    drawn as one stream, which gives the same values whenever copies ≤ 64 and the image has a multiple of
+    16 values (torch's CPU normal sampler fills 16 at a time).
     """
-    draw = copies if n0 is None else max(copies, min(NOISE_BLOCK, n0))
     gen = noise_generator(seed, idx, sigma)
-    return next(noisy_batches(x, draw, sigma=sigma, batch_size=draw, generator=gen))[:copies]
+    if n0 is None:
+        return next(noisy_batches(x, copies, sigma=sigma, batch_size=copies, generator=gen))
+    total = n0 + (n if n is not None else copies)
+    if not 1 <= copies <= total:
+        raise InvalidArgument(f"copies must lie between 1 and n0 + n = {total}, got {copies}")
+    out, have = [], 0
+    for batch in certification_batches(x, sigma=sigma, n0=n0, n=total - n0, batch_size=copies, generator=gen):
+        out.append(batch[: copies - have])
+        have += len(out[-1])
+        if have == copies:
+            break
+    return torch.cat(out)
+
+
+def purify_copies(purifier: Purifier, label: str, noisy: torch.Tensor, sigma: float, *, seed: int, idx: int,
+                  first_copy: int = 0) -> torch.Tensor:
+    """``purifier``'s checked output for noisy copies ``first_copy`` … of image ``idx`` — the very output
+    certification classified for those copies (a stochastic purifier gets the copies' own noise)."""
+    noise = CopyNoise.for_copies(seed, sigma, idx, range(first_copy, first_copy + len(noisy))) \
+        if getattr(purifier, "stochastic", False) else None
+    where = f"purifier {label!r} at σ={sigma:g}, image {idx}"
+    try:
+        return checked_purify(purifier, noisy, sigma, noise)
+    except OutputError as exc:
+        raise PluginFault(f"{where}: {exc.reason}") from None
+    except BenchError:
+        raise
+    except Exception as exc:  # a plugin's bug: one line naming it
+        first = (str(exc).strip().splitlines() or ["(no message)"])[0]
+        raise PluginFault(f"{where} raised {type(exc).__name__}: {first}") from exc
 
 
 @torch.no_grad()
 def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Module, images: torch.Tensor,
                     labels: torch.Tensor, indices: Sequence[int], sigmas: Sequence[float], *, seed: int,
                     copies: int = DEFAULT_COPIES, distance: Distance | None = None,
-                    n0: int | None = None) -> pd.DataFrame:
+                    n0: int | None = None, n: int | None = None, batch_size: int = DEFAULT_BATCH) -> pd.DataFrame:
     """One row per (purifier label, σ), purifiers in mapping order and σ as given: ``purifier sigma images
     copies mse [distance] label_kept``. ``images[idx]`` is a clean image in [0, 1], ``labels[idx]`` its
     class; ``distance`` gets the purified copies and the clean image repeated, both in [0, 1] image scale
-    (wrap a distance that wants [-1, 1]); ``n0`` is the run's (see :func:`noisy_copies`). The computation
-    runs on the classifier's device."""
+    (wrap a distance that wants [-1, 1]); ``n0``/``n`` are the run's (see :func:`noisy_copies`). Copies go
+    through the networks ``batch_size`` at a time, so memory stays bounded. The computation runs on the
+    classifier's device; a purifier output that breaks the contract raises PluginFault."""
     if copies < 1:
         raise InvalidArgument(f"copies must be >= 1, got {copies}")
     if not indices:
@@ -68,13 +98,18 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
             mse, dist, kept = [], [], []
             for idx in indices:
                 x = images[idx].to(device)
-                seed_purifier(purifier, seed=seed, idx=idx, sigma=sigma)
-                purified = purifier(noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0), sigma)
-                clean = x.unsqueeze(0).expand_as(purified)
-                mse.append(((purified - clean) ** 2).flatten(1).mean(1))
-                if distance is not None:
-                    dist.append(torch.as_tensor(distance(purified, clean)).reshape(-1).float())
-                kept.append((classifier(purified).argmax(1) == int(labels[idx])).float())
+                noisy = noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0, n=n)
+                for start in range(0, copies, batch_size):
+                    purified = purify_copies(purifier, label, noisy[start:start + batch_size], sigma, seed=seed,
+                                             idx=idx, first_copy=start)
+                    votes = getattr(purifier, "votes", 1)
+                    clean = x.unsqueeze(0).expand_as(purified)
+                    mse.append(((purified - clean) ** 2).flatten(1).mean(1))
+                    if distance is not None:
+                        dist.append(torch.as_tensor(distance(purified, clean)).reshape(-1).float())
+                    logits = classifier(purified)
+                    voted = majority_vote(logits.argmax(1), votes, logits.shape[1])  # the label certification counts
+                    kept.append((voted == int(labels[idx])).float())
             rec = {"purifier": label, "sigma": float(sigma), "images": len(indices), "copies": copies,
                    "mse": torch.cat(mse).mean().item()}
             if distance is not None:
@@ -95,21 +130,24 @@ def perceptual_distance(name: str, dataset: str, device: str = "cpu") -> Distanc
 
 
 def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpips", copies: int = DEFAULT_COPIES,
-                  device: str = "cpu") -> pd.DataFrame:
+                  device: str = "cpu", only: Collection[str] | None = None) -> pd.DataFrame:
     """Measure the quality of every purifier configuration of a run, at its σs and on its images, with the
     run's classifier and seed; write ``quality.csv`` into the run directory and return it. ``distance`` is a
     callable, a distance name for :func:`perceptual_distance` (recorded in a ``distance_name`` column), or
-    None to skip it."""
+    None to skip it. ``only``: the purifier labels to measure (default: all of the run's)."""
     from benchbench.data import get_dataset
     from benchbench.models.store import load_classifier
 
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise InvalidArgument(f"{run_dir} is not a benchbench run directory (no {CONFIG})")
-    exp = json.loads((run_dir / CONFIG).read_text())["experiment"]
+    config = read_config(run_dir)
+    exp = config["experiment"]
+    limit = exp["n0"] + exp["n"]
+    if not 1 <= copies <= limit:
+        raise InvalidArgument(f"copies must lie between 1 and the run's n0 + n = {limit} (the noisy copies "
+                              f"certification drew), got {copies}")
     try:
         purifiers = {p["label"]: get_purifier(p["name"], **p["params"], device=device, dataset=exp["dataset"])
-                     for p in exp["purifiers"]}
+                     for p in exp["purifiers"] if only is None or p["label"] in only}
     except BenchError as exc:
         raise BenchError(f"cannot rebuild the run's purifiers to measure quality: {exc}") from None
     test = get_dataset(exp["dataset"], "test")
@@ -121,8 +159,9 @@ def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpi
         name = resolve_distance(distance, exp["dataset"])
         distance = perceptual_distance(name, exp["dataset"], device)
     table = measure_quality(purifiers, classifier, test.images, test.labels, exp["image_indices"], exp["sigmas"],
-                            seed=exp["seed"], copies=copies, distance=distance, n0=exp["n0"])
+                            seed=exp["seed"], copies=copies, distance=distance, n0=exp["n0"], n=exp["n"],
+                            batch_size=int(config.get("environment", {}).get("batch_size") or DEFAULT_BATCH))
     if name is not None:
         table["distance_name"] = name
-    table.to_csv(run_dir / QUALITY_FILE, index=False)
+    write_atomic(run_dir / QUALITY_FILE, table.to_csv(index=False))
     return table

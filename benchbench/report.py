@@ -9,7 +9,6 @@ and ``radius >= r``; every accuracy below is that fraction over the run's images
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from benchbench.errors import BenchError, InvalidArgument, UnknownName
-from benchbench.results import CONFIG, RADII, load_rows, summarize
+from benchbench.results import RADII, load_rows, read_config, summarize, write_atomic
 
 PARETO_MARK = "†"
 QUALITY_FILE = "quality.csv"
@@ -77,7 +76,7 @@ def per_sigma(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFram
 
 
 def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.DataFrame | None = None,
-                level: float = 0.95) -> pd.DataFrame:
+                level: float = 0.95, expected_images: int | None = None) -> pd.DataFrame:
     """One row per purifier configuration, in run order, with best-over-σ numbers.
 
     For each radius r: ``acc@r`` (certified accuracy, a fraction, at the σ that maximises it; ties go to
@@ -93,7 +92,9 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
     report); the per-σ numbers are in ``summary.csv``.
 
     ``quality`` (the :mod:`benchbench.quality` table) adds, per σ, ``mse@σ=s``, ``distance@σ=s`` (when
-    measured) and ``label_kept@σ=s``. Raises BenchError when ``rows`` is empty.
+    measured) and ``label_kept@σ=s``. ``images`` and ``images_min`` are the largest and smallest number
+    of images in the configuration's σ cells; ``images_expected`` is the run's image count (when given):
+    a partial run shows them (see :func:`coverage_warning`). Raises BenchError when ``rows`` is empty.
     """
     if rows.empty:
         raise BenchError("the run has no rows yet; nothing to report")
@@ -101,7 +102,9 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
     table = []
     for label in _run_order(rows):
         mine = cells[cells["purifier"] == label].sort_values("sigma", kind="stable")
-        rec: dict[str, object] = {"purifier": label, "images": int(mine["images"].max())}
+        rec: dict[str, object] = {"purifier": label, "images": int(mine["images"].max()),
+                                  "images_min": int(mine["images"].min()),
+                                  "images_expected": int(expected_images or mine["images"].max())}
         for r in radii:
             best = mine.loc[mine[f"acc@{r:g}"].idxmax()]  # idxmax takes the first maximum: the smallest σ
             rec[f"acc@{r:g}"] = float(best[f"acc@{r:g}"])
@@ -119,6 +122,21 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
     if quality is not None and not quality.empty:
         out = out.merge(_quality_wide(quality), on="purifier", how="left")
     return out
+
+
+def coverage_warning(table: pd.DataFrame, sigmas: int | None = None) -> str | None:
+    """None when every cell of the table covers the run's images; otherwise one sentence saying which
+    purifiers are partial and over how many images their cells are."""
+    short = table[(table["images_min"] < table["images_expected"]) | (table["images"] < table["images_expected"])]
+    if short.empty:
+        return None
+    parts = [f"{r.purifier} {_range(r.images_min, r.images)} of {r.images_expected}" for r in short.itertuples()]
+    return ("partial run: cells cover fewer images than the run has (" + "; ".join(parts) +
+            "); each cell's accuracy and interval are over its own images")
+
+
+def _range(low: int, high: int) -> str:
+    return f"{low}" if low == high else f"{low}–{high}"
 
 
 def _quality_wide(quality: pd.DataFrame) -> pd.DataFrame:
@@ -159,6 +177,9 @@ def _display(table: pd.DataFrame, radii: Sequence[float], latex: bool) -> pd.Dat
             else:
                 cells.append(f"{_pct(row[key])} ({sig}{row[key + '_sigma']:g}) {interval}")
         shown[col] = cells
+    if coverage_warning(table) is not None:
+        shown["images"] = [f"{_range(lo, hi)}/{n}" for lo, hi, n in
+                           zip(table["images_min"], table["images"], table["images_expected"])]
     shown["ACR"] = [f"{a:.3f} ({sig}{s:g})" for a, s in zip(table["acr"], table["acr_sigma"])]
     shown["NFE"] = [f"{v:.3g}" for v in table["nfe"]]
     shown["s/image"] = [_seconds(v) for v in table["sec_per_image"]]
@@ -166,12 +187,14 @@ def _display(table: pd.DataFrame, radii: Sequence[float], latex: bool) -> pd.Dat
 
 
 def _legend(table: pd.DataFrame, latex: bool) -> str:
-    images = int(table["images"].max())
+    partial = coverage_warning(table) is not None
+    images = (f"over the images in the images column (of {int(table['images_expected'].max())}; a partial run)"
+              if partial else f"over {int(table['images'].max())} images")
     if latex:
         sigma, ell, pct, dagger = r"$\sigma$", r"$\ell_2$", r"\%", r"$^\dagger$"
     else:
         sigma, ell, pct, dagger = "σ", "ℓ2", "%", PARETO_MARK
-    return (f"Certified accuracy ({pct}) at {ell} radius r over {images} images, best over {sigma} (the {sigma} "
+    return (f"Certified accuracy ({pct}) at {ell} radius r {images}, best over {sigma} (the {sigma} "
             f"that gave it), with its exact 95{pct} Clopper–Pearson interval; ACR = average certified radius, best "
             f"over {sigma}; NFE = network calls per noisy sample; s/image = certification seconds per image. "
             f"{dagger} = Pareto-optimal in (s/image, ACR).")
@@ -205,6 +228,9 @@ def _markdown(df: pd.DataFrame) -> str:
 def format_markdown(table: pd.DataFrame, radii: Sequence[float] = RADII) -> str:
     """The paper table (and the purification-quality table, when merged in) as Markdown."""
     text = _markdown(_display(table, radii, latex=False)) + "\n\n" + _legend(table, latex=False)
+    warning = coverage_warning(table)
+    if warning:
+        text = f"**Warning — {warning}.**\n\n{text}"
     quality = _quality_long(table)
     if not quality.empty:
         measured = "MSE(purified, clean)" + (" and distance" if "distance" in quality else "")
@@ -246,6 +272,19 @@ class McNemarResult:
     b01: int
     b10: int
     pvalue: float
+
+    @property
+    def smallest_pvalue(self) -> float:
+        """The smallest p-value the test can give with this many paired images (all of them discordant, one
+        way): a difference cannot be shown at any level below it."""
+        return min(1.0, 2 * 0.5**self.n)
+
+    def warning(self, level: float = 0.05) -> str | None:
+        """A sentence when there are too few images for the test to ever reach ``level``."""
+        if self.smallest_pvalue > level:
+            return (f"only {self.n} paired images: the smallest p-value this test can give is "
+                    f"{self.smallest_pvalue:.3g}, so no difference can be shown at {level:g}; certify more images")
+        return None
 
     def __str__(self) -> str:
         return (f"{self.a} vs {self.b} at σ={self.sigma:g}, r={self.radius:g}, {self.n} paired images: "
@@ -296,15 +335,9 @@ def mcnemar_exact(rows: pd.DataFrame, a: str, b: str, sigma: float, radius: floa
 
 
 def load_run_rows(run_dir: Path | str) -> pd.DataFrame:
-    """``load_rows`` with a BenchError (not a traceback) for a directory that is not a run."""
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise InvalidArgument(f"{run_dir} is not a benchbench run directory (no {CONFIG})")
-    try:
-        return load_rows(run_dir)
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise InvalidArgument(f"{path} is not a benchbench run config ({exc})") from None
+    """``load_rows``: every row checked, a BenchError (not a traceback) for a directory that is not a run
+    or a row that is not valid."""
+    return load_rows(Path(run_dir))
 
 
 def write_report(run_dir: Path | str, radii: Sequence[float] = RADII) -> pd.DataFrame:
@@ -314,9 +347,10 @@ def write_report(run_dir: Path | str, radii: Sequence[float] = RADII) -> pd.Data
     """
     run_dir = Path(run_dir)
     rows = load_run_rows(run_dir)
+    expected = len(read_config(run_dir)["experiment"].get("image_indices") or []) or None
     quality = pd.read_csv(run_dir / QUALITY_FILE) if (run_dir / QUALITY_FILE).is_file() else None
-    table = paper_table(rows, radii, quality=quality)
-    table.to_csv(run_dir / "report.csv", index=False)
-    (run_dir / "report.md").write_text(format_markdown(table, radii) + "\n")
-    (run_dir / "report.tex").write_text(format_latex(table, radii))
+    table = paper_table(rows, radii, quality=quality, expected_images=expected)
+    write_atomic(run_dir / "report.csv", table.to_csv(index=False))
+    write_atomic(run_dir / "report.md", format_markdown(table, radii) + "\n")
+    write_atomic(run_dir / "report.tex", format_latex(table, radii))
     return table

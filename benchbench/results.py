@@ -1,31 +1,63 @@
 """The run directory: ``config.json``, one TSV of rows per (purifier, σ), and the summary.
 
 The TSV keeps Cohen et al.'s columns ``idx label predict radius correct time`` (``correct`` is 0/1 for
-that row, ``time`` is seconds for that image) plus ``pa_lower nfe n``: nfe is network calls per noisy
-sample, n the estimation sample count. Rows are appended and flushed one at a time, so a crash loses at
-most the row in flight, and a rerun with the same config resumes after the last complete row.
+that row, ``time`` is seconds for that image) plus ``pa_lower nfe n purifier sigma``: nfe is network calls
+per noisy sample, n the estimation sample count, and the last two say which purifier label and σ the row
+belongs to (the file name holds a hash of both, so no two pairs share a file). Rows are appended and
+flushed one at a time, so a crash loses at most the row in flight, and a rerun with the same config resumes
+after the last complete row. Every row is parsed and range-checked whenever a TSV is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-from benchbench.errors import RunConflict
+from benchbench.errors import InvalidArgument, RunConflict
 
-COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pa_lower", "nfe", "n")
+COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pa_lower", "nfe", "n", "purifier", "sigma")
+# Files written before the purifier and σ columns existed are still read (report, plots, compare).
+LEGACY_COLUMNS = COLUMNS[:9]
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 CONFIG = "config.json"
+# Part of the experiment: rows computed under another noise scheme must not be mixed with these.
+NOISE_SCHEME = "v2: certification noise keyed by (seed, image, σ); purifier noise by (seed, image, σ, copy)"
 
 
 def tsv_name(label: str, sigma: float) -> str:
-    """File name of the rows for one purifier configuration at one σ."""
-    return f"certify_{re.sub(r'[^A-Za-z0-9.=,-]+', '_', label).strip('_')}_sigma{sigma:g}.tsv"
+    """File name of the rows for one purifier configuration at one σ: a readable part, and a hash of the
+    exact label and σ so that two different pairs never share a file."""
+    slug = re.sub(r"[^A-Za-z0-9.=,-]+", "_", label).strip("_")[:48]
+    digest = hashlib.sha256(f"{label}\t{float(sigma)!r}".encode()).hexdigest()[:10]
+    return f"certify_{slug}_sigma{sigma:g}_{digest}.tsv"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or the
+    new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _diff(old: Any, new: Any, path: str = "") -> list[str]:
@@ -34,59 +66,194 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
         for key in sorted(set(old) | set(new)):
             out += _diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
         return out
-    return [] if old == new else [f"{path}: {json.dumps(old)} -> {json.dumps(new)}"]
+    return [] if old == new else [f"{path}: {_short(old)} -> {_short(new)}"]
 
 
-def open_run_dir(run_dir: Path, config: dict[str, Any]) -> bool:
-    """Create ``run_dir`` with ``config`` or check that it already holds the same experiment.
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` of a run directory, checked to be a benchbench run config (an object with an
+    ``experiment`` object and a ``files`` list); InvalidArgument otherwise."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise InvalidArgument(f"{run_dir} is not a benchbench run directory (no {CONFIG})")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"{path} is not valid JSON ({exc.msg}); choose another --out") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc}") from None
+    if not (isinstance(config, dict) and isinstance(config.get("experiment"), dict)
+            and isinstance(config.get("files"), list)
+            and all(isinstance(f, dict) and {"purifier", "sigma", "file"} <= set(f) for f in config["files"])):
+        raise InvalidArgument(f"{path} is not a benchbench run config (no experiment and files entries)")
+    return config
 
-    ``config["experiment"]`` decides what the numbers are and must match exactly to resume;
-    ``config["environment"]`` (versions, device, batch size) is informational. Returns True when resuming.
-    Raises RunConflict, writing nothing, when the directory holds something else.
-    """
+
+def check_run_dir(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Check, writing nothing, that ``run_dir`` is new, empty, or holds the same experiment with readable
+    rows; returns True when it holds a run to resume. Raises RunConflict (or InvalidArgument) otherwise."""
     path = run_dir / CONFIG
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RunConflict(f"{path} is not valid JSON ({exc.msg}); choose another --out") from None
+            old = read_config(run_dir)
+        except InvalidArgument as exc:
+            raise RunConflict(str(exc).replace("; choose another --out", "") + "; choose another --out") from None
         diffs = _diff(old.get("experiment"), config["experiment"])
         if diffs:
             shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
             raise RunConflict(f"{run_dir} holds a run with a different config ({shown}); choose another --out")
+        for entry in config["files"]:
+            read_tsv(run_dir / entry["file"], entry, config["experiment"], allow_partial_last=True)
         return True
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise RunConflict(f"{run_dir} exists and is not a benchbench run directory; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2) + "\n")
     return False
 
 
-class RowWriter:
-    """Appends rows to one TSV, flushing each; knows which image indices are already done."""
+def open_run_dir(run_dir: Path, config: dict[str, Any]) -> bool:
+    """:func:`check_run_dir`, then create ``run_dir`` with ``config.json`` when it is new. Returns True when
+    resuming. Nothing is written when a check fails."""
+    resumed = check_run_dir(run_dir, config)
+    if not resumed:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / CONFIG, json.dumps(config, indent=2) + "\n")
+    return resumed
 
-    def __init__(self, path: Path):
+
+@dataclass
+class TsvContent:
+    """The rows of one TSV (as a DataFrame of COLUMNS, plus ``purifier``/``sigma`` for legacy files) and
+    the byte length of its complete part (a last line without its newline is the row a crash cut)."""
+
+    rows: pd.DataFrame
+    complete_bytes: int
+
+
+_INT_COLUMNS = ("idx", "label", "predict", "correct", "n")
+
+
+def _parse_row(fields: list[str], header: tuple[str, ...]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for col, text in zip(header, fields):
+        if col == "purifier":
+            row[col] = text
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{col} {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{col} {text!r} is not finite")
+        if col in _INT_COLUMNS:
+            if value != int(value):
+                raise ValueError(f"{col} {text!r} is not an integer")
+            value = int(value)
+        row[col] = value
+    return row
+
+
+def _check_row(row: dict[str, Any], entry: dict[str, Any], experiment: dict[str, Any], seen: set[int]) -> None:
+    indices = experiment.get("image_indices")
+    if indices is not None and row["idx"] not in indices:
+        raise ValueError(f"image {row['idx']} is not one of the run's images")
+    if row["idx"] in seen:
+        raise ValueError(f"image {row['idx']} appears twice")
+    classes = experiment.get("num_classes")
+    if row["label"] < 0 or (classes is not None and row["label"] >= classes):
+        raise ValueError(f"label {row['label']} is not a class")
+    if row["predict"] < -1 or (classes is not None and row["predict"] >= classes):
+        raise ValueError(f"predict {row['predict']} is neither a class nor -1 (abstain)")
+    if row["correct"] != int(row["predict"] == row["label"] and row["predict"] >= 0):
+        raise ValueError(f"correct {row['correct']} disagrees with label {row['label']} and predict {row['predict']}")
+    if row["radius"] < 0 or (row["predict"] == -1 and row["radius"] != 0):
+        raise ValueError(f"radius {row['radius']} is negative or given to an abstention")
+    if not 0 <= row["pa_lower"] <= 1:
+        raise ValueError(f"pa_lower {row['pa_lower']} is not a probability")
+    for col in ("time", "nfe"):
+        if row[col] < 0:
+            raise ValueError(f"{col} {row[col]} is negative")
+    if row["n"] < 1 or ("n" in experiment and row["n"] != experiment["n"]):
+        raise ValueError(f"n {row['n']} is not the run's n ({experiment.get('n')})")
+    if "purifier" in row and row["purifier"] != entry["purifier"]:
+        raise ValueError(f"purifier {row['purifier']!r} belongs in another file (this one is {entry['purifier']!r})")
+    if "sigma" in row and row["sigma"] != float(entry["sigma"]):
+        raise ValueError(f"sigma {row['sigma']!r} belongs in another file (this one is σ={entry['sigma']!r})")
+
+
+def read_tsv(path: Path, entry: dict[str, Any], experiment: dict[str, Any], *,
+             allow_partial_last: bool = True) -> TsvContent:
+    """Read and check every row of one TSV of a run; a missing file has no rows.
+
+    ``entry`` is its ``config.json`` files entry (purifier, sigma), ``experiment`` the run's experiment.
+    Every field is parsed and range-checked (see ``_check_row``); a bad row raises InvalidArgument naming
+    the file and line. A last line without its newline (the row in flight when a run died) is left out
+    when ``allow_partial_last``, an error otherwise.
+    """
+    path = Path(path)
+    if not path.exists():
+        return TsvContent(pd.DataFrame(columns=list(COLUMNS)), 0)
+    try:
+        data = path.read_bytes()
+        text = data.decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc}") from None
+    complete = len(data)
+    if text and not text.endswith("\n"):
+        if not allow_partial_last:
+            raise InvalidArgument(f"{path} line {text.count(chr(10)) + 1}: a row cut short")
+        text = text[: text.rfind("\n") + 1]
+        complete = len(text.encode())
+    lines = [line.removesuffix("\r") for line in text.split("\n")[:-1]] if text else []  # CRLF files too
+    if not lines:
+        return TsvContent(pd.DataFrame(columns=list(COLUMNS)), complete)
+    header = tuple(lines[0].split("\t"))
+    if header not in (COLUMNS, LEGACY_COLUMNS):
+        raise RunConflict(f"{path} has unexpected columns; it was not written by this benchbench")
+    rows, seen = [], set()
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        try:
+            if len(fields) != len(header):
+                raise ValueError(f"{len(fields)} fields, expected {len(header)}")
+            row = _parse_row(fields, header)
+            _check_row(row, entry, experiment, seen)
+        except ValueError as exc:
+            raise InvalidArgument(f"{path} line {number}: {exc}; fix or delete that row") from None
+        seen.add(row["idx"])
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(header))
+    if header == LEGACY_COLUMNS:
+        df = df.assign(purifier=entry["purifier"], sigma=float(entry["sigma"]))
+    return TsvContent(df, complete)
+
+
+class RowWriter:
+    """Appends rows to one TSV, flushing each; knows which image indices are already done.
+
+    Opening it cuts a row left half-written by a crash and writes the header of a new file, so open
+    writers only once every check of the run has passed.
+    """
+
+    def __init__(self, path: Path, entry: dict[str, Any], experiment: dict[str, Any]):
         self.path = path
-        self.done: set[int] = set()
-        if path.exists():
-            text = path.read_text()
-            if text and not text.endswith("\n"):  # the row in flight when a run died: drop it
-                text = text[: text.rfind("\n") + 1]
-                path.write_text(text)
-            lines = text.splitlines()
-            if lines and lines[0].split("\t") != list(COLUMNS):
-                raise RunConflict(f"{path} has unexpected columns; it was not written by this benchbench")
-            self.done = {int(line.split("\t")[0]) for line in lines[1:] if line}
+        self.entry = entry
+        content = read_tsv(path, entry, experiment, allow_partial_last=True)
+        self.done: set[int] = set(content.rows["idx"].astype(int))
+        if path.exists() and path.stat().st_size != content.complete_bytes:
+            os.truncate(path, content.complete_bytes)  # the row in flight when a run died
         self._fh = path.open("a")
-        if not self.done and path.stat().st_size == 0:
+        if content.complete_bytes == 0:
             self._fh.write("\t".join(COLUMNS) + "\n")
             self._fh.flush()
 
     def write(self, row: dict[str, Any]) -> None:
+        row = {**row, "purifier": self.entry["purifier"], "sigma": float(self.entry["sigma"])}
         fields = []
         for col in COLUMNS:
             value = row[col]
-            fields.append(f"{value:.6g}" if isinstance(value, float) else str(value))
+            if col == "sigma":
+                fields.append(repr(value))
+            else:
+                fields.append(f"{value:.6g}" if isinstance(value, float) else str(value))
         self._fh.write("\t".join(fields) + "\n")
         self._fh.flush()
         self.done.add(int(row["idx"]))
@@ -96,16 +263,16 @@ class RowWriter:
 
 
 def load_rows(run_dir: Path) -> pd.DataFrame:
-    """All rows of a run with ``purifier`` and ``sigma`` columns added, from the files config.json lists."""
-    config = json.loads((run_dir / CONFIG).read_text())
+    """All rows of a run (every one checked, see :func:`read_tsv`), from the files config.json lists, with
+    ``purifier`` and ``sigma`` columns."""
+    config = read_config(run_dir)
     frames = []
     for entry in config["files"]:
-        path = run_dir / entry["file"]
-        if path.exists():
-            df = pd.read_csv(path, sep="\t")
-            frames.append(df.assign(purifier=entry["purifier"], sigma=entry["sigma"]))
+        df = read_tsv(Path(run_dir) / entry["file"], entry, config["experiment"]).rows
+        if len(df):
+            frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=[*COLUMNS, "purifier", "sigma"])
+        return pd.DataFrame(columns=list(COLUMNS))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -135,8 +302,8 @@ def summarize(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFram
 def write_summary(run_dir: Path) -> pd.DataFrame:
     """Recompute ``summary.csv`` and ``summary.md`` from the rows on disk and return the summary."""
     summary = summarize(load_rows(run_dir))
-    summary.to_csv(run_dir / "summary.csv", index=False)
-    (run_dir / "summary.md").write_text(format_summary(summary) + "\n")
+    write_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
+    write_atomic(run_dir / "summary.md", format_summary(summary) + "\n")
     return summary
 
 

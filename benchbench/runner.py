@@ -2,30 +2,39 @@
 
 For each purifier configuration, each σ and each selected test image it certifies the smoothed
 classifier g(x) = argmax_c P(classifier(purifier(x + δ, σ)) = c) and appends one row to that pair's TSV.
-The noise for image i at σ comes from a generator seeded by (run seed, i, σ) alone: every purifier sees
-the same noisy copies (a paired comparison), and no result depends on the batch size or the device.
+Every random draw is keyed by what it is for (:mod:`benchbench.seeding`): the noise of image i at σ by
+(run seed, i, σ), a stochastic purifier's noise for a copy by (run seed, i, σ, copy). So every purifier
+sees the same noisy copies (a paired comparison) and no count depends on the batch size.
+
+:func:`prepare` makes every check (protocol, device, purifiers, σ against each model, each purifier's
+output on a first batch, memory for a full batch, the output directory and any rows already there) and
+writes nothing; only then does :func:`run` create files.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchbench.certify import ABSTAIN, certify, check_protocol
-from benchbench.data import dataset_info, get_dataset
-from benchbench.errors import BenchError, InvalidArgument
+from benchbench.certify import ABSTAIN, certify, check_protocol, noisy_batches
+from benchbench.data import ImageDataset, dataset_info, get_dataset
+from benchbench.environment import environment
+from benchbench.errors import InvalidArgument, PluginFault, ResourceError
 from benchbench.models.store import fingerprint, load_classifier
 from benchbench.nfe import ForwardCounter
 from benchbench.presets import PRESETS
-from benchbench.registry import PurifierSpec, get_purifier, parse_purifier_list
-from benchbench.results import RowWriter, format_summary, open_run_dir, tsv_name, write_summary
+from benchbench.registry import Purifier, PurifierSpec, get_purifier, parse_purifier_list
+from benchbench.resources import ActivationMeter, check_batch_memory, check_device, check_output_location
+from benchbench.results import NOISE_SCHEME, RowWriter, check_run_dir, format_summary, open_run_dir, tsv_name, \
+    write_summary
+from benchbench.seeding import CopyNoise, check_seed, noise_generator, sigma_key
+from benchbench.validate import OutputError, check_logits, checked_purify, majority_vote
 
 
 @dataclass
@@ -53,12 +62,23 @@ class RunConfig:
             raise InvalidArgument("no sigma given")
         for sigma in self.sigmas:
             check_protocol(sigma=sigma)
+        keys: dict[int, float] = {}
+        for sigma in self.sigmas:
+            if sigma_key(sigma) in keys:
+                other = keys[sigma_key(sigma)]
+                same = f"{sigma:g} twice" if other == sigma else f"{other!r} and {sigma!r}, equal to 6 decimals"
+                raise InvalidArgument(f"sigma listed twice: {same}")
+            keys[sigma_key(sigma)] = sigma
         check_protocol(sigma=1.0, n0=self.n0, n=self.n, alpha=self.alpha)
         for name in ("num_images", "batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.skip is not None and self.skip < 1:
             raise InvalidArgument(f"skip must be >= 1, got {self.skip}")
+        try:
+            check_seed(self.seed)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
@@ -86,46 +106,41 @@ def _parse_float(text: str, name: str) -> float:
         raise InvalidArgument(f"{name} must be a number, got {text!r}") from None
 
 
-def noise_generator(seed: int, idx: int, sigma: float, stream: int = 0) -> torch.Generator:
-    """A CPU generator seeded by (run seed, image index, σ, stream) alone. Stream 0 is the certification
-    noise; stream 1 seeds a purifier's own randomness."""
-    entropy = [seed, idx, int(round(sigma * 1_000_000)), stream]
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
-
-
-def seed_purifier(purifier: Any, *, seed: int, idx: int, sigma: float) -> None:
-    """Seed a stochastic purifier (one with ``manual_seed``) for image ``idx`` at σ from stream 1, so its
-    own noise depends on (run seed, image, σ) alone; quality and the image grid reuse it."""
-    if hasattr(purifier, "manual_seed"):
-        gen = noise_generator(seed, idx, sigma, 1)
-        purifier.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-
-
 @dataclass
 class RunResult:
     run_dir: Path
     resumed: bool
     summary_markdown: str
+    failures: dict[str, str] = field(default_factory=dict)  # purifier label → the one-line reason it stopped
 
 
-def _versions() -> dict[str, str]:
-    from benchbench.train.common import versions
+@dataclass
+class Prepared:
+    """A run with every check passed and nothing written yet."""
 
-    return versions()
+    config: RunConfig
+    device: torch.device
+    test: ImageDataset
+    indices: list[int]
+    classifier: torch.nn.Module
+    classifier_ref: str
+    purifiers: dict[str, Purifier]
+    run_dir: Path
+    run_config: dict[str, Any]
+    resumed: bool
 
 
-def run(config: RunConfig) -> RunResult:
-    """Certify every (purifier, σ, image), write the run directory, and return its summary."""
+def prepare(config: RunConfig) -> Prepared:
+    """Build and check everything a run needs, writing nothing: raises a BenchError on the first problem."""
+    device = check_device(config.device)
     info = dataset_info(config.dataset)
     test = get_dataset(config.dataset, "test")
     indices = config.image_indices(len(test))
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda asked for, but torch sees no CUDA device")
+    run_dir = Path(config.out or f"results/{config.preset}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_location(run_dir)
     classifier_ref = config.classifier or info.default_classifier
     if classifier_ref is None:
-        raise BenchError(f"dataset {config.dataset!r} has no default classifier; pass --classifier")
+        raise InvalidArgument(f"dataset {config.dataset!r} has no default classifier; pass --classifier")
     classifier = load_classifier(classifier_ref, device)
     purifiers = {
         spec.label: get_purifier(spec.name, **spec.params, device=str(device), dataset=config.dataset)
@@ -140,6 +155,7 @@ def run(config: RunConfig) -> RunResult:
         "dataset": config.dataset,
         "split": "test",
         "image_indices": indices,
+        "num_classes": test.num_classes,
         "purifiers": [
             {"label": s.label, "name": s.name, "params": s.params,
              "model": getattr(purifiers[s.label], "fingerprint", None)}
@@ -150,67 +166,141 @@ def run(config: RunConfig) -> RunResult:
         "n": config.n,
         "alpha": config.alpha,
         "seed": config.seed,
+        "noise": NOISE_SCHEME,
         "classifier": {"ref": classifier_ref, "fingerprint": fingerprint(classifier_ref, "classifier")},
     }
-    environment = {
-        "preset": config.preset,
-        "batch_size": config.batch_size,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "versions": _versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    run_dir = Path(config.out or f"results/{config.preset}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    resumed = open_run_dir(run_dir, {"experiment": experiment, "environment": environment, "files": files})
+    run_config = {"experiment": experiment,
+                  "environment": environment(device, preset=config.preset, batch_size=config.batch_size),
+                  "files": files}
+    resumed = check_run_dir(run_dir, run_config)
+    prepared = Prepared(config, device, test, indices, classifier, classifier_ref, purifiers, run_dir, run_config,
+                        resumed)
+    for spec in config.purifiers:
+        for sigma in config.sigmas:
+            _preflight(prepared, spec.label, sigma)
+    return prepared
 
-    writers = {(f["purifier"], f["sigma"]): RowWriter(run_dir / f["file"]) for f in files}
+
+def _preflight(p: Prepared, label: str, sigma: float) -> None:
+    """Run the purifier and classifier on two noisy copies of the first image: σ against the model, the
+    outputs against their contract, and the memory a full batch needs. Any failure refuses the run."""
+    idx = p.indices[0]
+    x = p.test.images[idx].to(p.device)
+    batch = next(noisy_batches(x, 2, sigma=sigma, batch_size=2, generator=noise_generator(p.config.seed, idx, sigma)))
+    purifier = p.purifiers[label]
     try:
-        todo = sum(len(set(indices) - w.done) for w in writers.values())
-        with tqdm(total=todo, desc="certify", unit="img", dynamic_ncols=True) as bar:
+        with ActivationMeter([*purifier.networks, p.classifier]) as meter, torch.no_grad():
+            _classify(p, label, sigma, batch, idx, range(2))
+    except PluginFault as exc:
+        raise InvalidArgument(f"{exc} (checked before the run; nothing written)") from None
+    rows = min(p.config.batch_size, max(p.config.n0, p.config.n))
+    harness = 4 * x.numel() * x.element_size() * getattr(purifier, "votes", 1)  # noise, noisy, purified copies
+    check_batch_memory(meter.peak // 2 + harness, rows, p.device, f"purifier {label!r} at σ={sigma:g}")
+
+
+def _classify(p: Prepared, label: str, sigma: float, batch: torch.Tensor, idx: int, copies: range) -> torch.Tensor:
+    """Labels (B,) of the smoothed pipeline for noisy copies ``copies`` of image ``idx``: purify (with the
+    copies' own noise when stochastic), check, classify, check, vote."""
+    purifier = p.purifiers[label]
+    votes = getattr(purifier, "votes", 1)
+    noise = CopyNoise.for_copies(p.config.seed, sigma, idx, copies) if getattr(purifier, "stochastic", False) \
+        else None
+    where = f"purifier {label!r} at σ={sigma:g}, image {idx}"
+    try:
+        out = checked_purify(purifier, batch, sigma, noise)
+    except OutputError as exc:
+        raise PluginFault(f"{where}: {exc.reason}") from None
+    except Exception as exc:  # a plugin's bug or refusal: one line naming it, the σ and the image
+        _raise_if_oom(exc, where)
+        raise PluginFault(f"{where} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+    try:
+        logits = p.classifier(out)
+    except Exception as exc:
+        _raise_if_oom(exc, where)
+        raise PluginFault(f"classifier {p.classifier_ref!r} on {where} raised {type(exc).__name__}: "
+                          f"{_first_line(exc)}") from exc
+    try:
+        logits = check_logits(logits, len(out), p.test.num_classes)
+    except OutputError as exc:
+        raise PluginFault(f"classifier {p.classifier_ref!r} on {where}: {exc.reason}") from None
+    return majority_vote(logits.argmax(1), votes, p.test.num_classes)
+
+
+def _raise_if_oom(exc: BaseException, where: str) -> None:
+    """An allocator failure (CUDA or CPU) becomes one ResourceError line that says what to change."""
+    text = str(exc)
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text or \
+            "can't allocate memory" in text:
+        raise ResourceError(f"{where}: out of memory ({_first_line(exc)[:120]}); use a smaller --batch-size") \
+            from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def run(config: RunConfig) -> RunResult:
+    """Certify every (purifier, σ, image), write the run directory, and return its summary.
+
+    A purifier that breaks its contract mid-run is stopped (its reason in ``failures``); the others go on.
+    """
+    p = prepare(config)
+    open_run_dir(p.run_dir, p.run_config)
+    experiment = p.run_config["experiment"]
+    writers = {(f["purifier"], f["sigma"]): RowWriter(p.run_dir / f["file"], f, experiment)
+               for f in p.run_config["files"]}
+    failures: dict[str, str] = {}
+    try:
+        todo = sum(len(set(p.indices) - w.done) for w in writers.values())
+        # disable=None: no progress bar when stderr is not a terminal (logs, tests, pipes).
+        with tqdm(total=todo, desc="certify", unit="img", dynamic_ncols=True, disable=None) as bar:
             for spec in config.purifiers:
-                purifier = purifiers[spec.label]
                 for sigma in config.sigmas:
                     writer = writers[(spec.label, sigma)]
                     bar.set_postfix_str(f"{spec.label} σ={sigma:g}")
-                    for idx in indices:
+                    for idx in p.indices:
+                        if spec.label in failures:
+                            break
                         if idx in writer.done:
                             continue
-                        writer.write(_certify_one(config, purifier, classifier, test, idx, sigma, test.num_classes))
+                        try:
+                            writer.write(_certify_one(p, spec.label, idx, sigma))
+                        except PluginFault as exc:
+                            failures[spec.label] = str(exc)
                         bar.update(1)
     finally:
         for writer in writers.values():
             writer.close()
-    summary = write_summary(run_dir)
-    return RunResult(run_dir, resumed, format_summary(summary))
+    summary = write_summary(p.run_dir)
+    return RunResult(p.run_dir, p.resumed, format_summary(summary), failures)
 
 
-def _certify_one(config: RunConfig, purifier: Any, classifier: torch.nn.Module, test: Any, idx: int,
-                 sigma: float, num_classes: int) -> dict[str, Any]:
-    device = next(classifier.parameters()).device
-    x = test.images[idx].to(device)
-    label = int(test.labels[idx])
-    seed_purifier(purifier, seed=config.seed, idx=idx, sigma=sigma)
+def _certify_one(p: Prepared, label: str, idx: int, sigma: float) -> dict[str, Any]:
+    config = p.config
+    x = p.test.images[idx].to(p.device)
+    true_label = int(p.test.labels[idx])
+    drawn = 0  # certification draws its copies in order: selection 0 … n0−1, then estimation n0 … n0+n−1
 
     @torch.no_grad()
     def classify(batch: torch.Tensor) -> torch.Tensor:
-        purified = purifier(batch, sigma)
-        if purified.shape != batch.shape:
-            raise BenchError(f"purifier returned shape {tuple(purified.shape)} for input {tuple(batch.shape)}")
-        return classifier(purified).argmax(1)
+        nonlocal drawn
+        labels = _classify(p, label, sigma, batch, idx, range(drawn, drawn + len(batch)))
+        drawn += len(batch)
+        return labels
 
     start = time.perf_counter()
-    with ForwardCounter(purifier.networks) as counter:
+    with ForwardCounter(p.purifiers[label].networks) as counter:
         cert = certify(classify, x, sigma=sigma, n0=config.n0, n=config.n, alpha=config.alpha,
-                       batch_size=config.batch_size, num_classes=num_classes,
+                       batch_size=config.batch_size, num_classes=p.test.num_classes,
                        generator=noise_generator(config.seed, idx, sigma))
     seconds = time.perf_counter() - start
     return {
         "idx": idx,
-        "label": label,
+        "label": true_label,
         "predict": cert.prediction,
         "radius": cert.radius,
-        "correct": int(cert.prediction == label and cert.prediction != ABSTAIN),
+        "correct": int(cert.prediction == true_label and cert.prediction != ABSTAIN),
         "time": seconds,
         "pa_lower": cert.pa_lower,
         "nfe": counter.rows / (config.n0 + config.n),

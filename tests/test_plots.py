@@ -15,7 +15,7 @@ from benchbench.cli import main
 from benchbench.data import get_dataset
 from benchbench.plots import pareto_points, purification_grid
 from benchbench.registry import PurifierSpec
-from benchbench.runner import noise_generator
+from benchbench.seeding import noise_generator
 from synthetic_run import random_rows, read_tsvs, standard_run, write_run
 
 ROOT = Path(__file__).parent.parent

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchbench.results import tsv_name
 from conftest import BENCH
 
 PLUGIN = Path(__file__).parent / "plugin_pkg"
@@ -41,5 +42,5 @@ def test_installed_plugin_runs_through_bench_run(plugin_site, tmp_path):
                            "--sigmas", "0.25", "--n0", "4", "--n", "16", "--out", str(out)],
                           env=_env(plugin_site), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (out / "certify_blur_passes=2_sigma0.25.tsv").is_file()
+    assert (out / tsv_name("blur(passes=2)", 0.25)).is_file()
     assert "blur(passes=2)" in (out / "summary.md").read_text()

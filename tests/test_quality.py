@@ -8,12 +8,13 @@ import torch
 from benchbench.certify import noisy_batches
 from benchbench.errors import InvalidArgument
 from benchbench.quality import measure_quality, write_quality
-from benchbench.runner import noise_generator
+from benchbench.seeding import noise_generator
 from synthetic_run import random_rows, write_run
 
 
 class Identity:
     networks = ()
+    output_range = None  # noisy images leave [0, 1]
 
     def __call__(self, x, sigma):
         return x

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from benchbench.cli import main
-from benchbench.results import COLUMNS, RADII, load_rows
+from benchbench.results import COLUMNS, RADII, load_rows, tsv_name
 
 
 def tiny_run(out, tiny_ddpm, *extra):
@@ -92,8 +92,8 @@ def test_every_purifier_sees_the_same_noise(tmp_path, tiny_ddpm):
     assert main(["run", "--purifiers", "identity", "--num-images", "3", "--skip", "50", "--sigmas", "0.25,0.5",
                  "--n0", "8", "--n", "40", "--alpha", "0.01", "--batch-size", "16",
                  "--out", str(tmp_path / "alone")]) == 0
-    for sigma in ("0.25", "0.5"):
-        name = f"certify_identity_sigma{sigma}.tsv"
+    for sigma in (0.25, 0.5):
+        name = tsv_name("identity", sigma)
         pd.testing.assert_frame_equal(read_tsv(tmp_path / "both" / name).drop(columns="time"),
                                       read_tsv(tmp_path / "alone" / name).drop(columns="time"))
 
