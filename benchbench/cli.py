@@ -53,6 +53,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--classifier", help="classifier model reference (default: the dataset's)")
     run.add_argument("--out", help="run directory (default: results/<preset>-<dataset>-<time>)")
+    run.add_argument("--no-report", action="store_true",
+                     help="write rows and the summary only; no quality, report or figures (bench report and "
+                          "bench plot write them later)")
 
     train = sub.add_parser("train", help="train the embedded default models from scratch")
     tsub = train.add_subparsers(dest="what", required=True, parser_class=_Parser)
@@ -147,7 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(result.summary_markdown)
     for reason in result.failures.values():
         print(f"bench: error: {reason}; that purifier was stopped, the others ran", file=sys.stderr)
-    if len(result.failures) < len(config.purifiers):
+    if len(result.failures) < len(config.purifiers) and not args.no_report:
         artifacts = write_run_artifacts(result.run_dir, device=config.device, skip=result.failures)
         print(f"\n{artifacts.markdown}")
     print(f"\nwrote {result.run_dir}")

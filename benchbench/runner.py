@@ -192,7 +192,7 @@ def _preflight(p: Prepared, label: str, sigma: float) -> None:
         with ActivationMeter([*purifier.networks, p.classifier]) as meter, torch.no_grad():
             _classify(p, label, sigma, batch, idx, range(2))
     except PluginFault as exc:
-        raise InvalidArgument(f"{exc} (checked before the run; nothing written)") from None
+        raise InvalidArgument(f"{exc} (checked before the run; nothing written)") from exc
     rows = min(p.config.batch_size, max(p.config.n0, p.config.n))
     harness = 4 * x.numel() * x.element_size() * getattr(purifier, "votes", 1)  # noise, noisy, purified copies
     check_batch_memory(meter.peak // 2 + harness, rows, p.device, f"purifier {label!r} at σ={sigma:g}")

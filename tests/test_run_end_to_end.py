@@ -107,3 +107,18 @@ def test_ddpm_certifies_more_than_identity_on_the_embedded_default(tmp_path):
     summary = pd.read_csv(out / "summary.csv").set_index("purifier")
     assert summary.loc["ddpm", "acc@0"] >= summary.loc["identity", "acc@0"] + 0.2
     assert summary.loc["ddpm", "acr"] > summary.loc["identity", "acr"]
+
+
+def test_stochastic_purifier_rows_do_not_depend_on_batch_size(tmp_path, tiny_ddpm):
+    # sde's step noise and consistency's top-up/multistep noise are keyed per noisy copy.
+    specs = f"sde:steps=3:model={tiny_ddpm},consistency:steps=2"
+    for bs in ("7", "64", "1000"):
+        assert main(["run", "--purifiers", specs, "--num-images", "2", "--skip", "100", "--sigmas", "0.5",
+                     "--n0", "8", "--n", "72", "--alpha", "0.01", "--batch-size", bs, "--no-report",
+                     "--out", str(tmp_path / bs)]) == 0
+    for label in (f"sde(steps=3,model={tiny_ddpm})", "consistency(steps=2)"):
+        name = tsv_name(label, 0.5)
+        first = read_tsv(tmp_path / "7" / name).drop(columns="time")
+        assert len(first) == 2
+        for bs in ("64", "1000"):
+            pd.testing.assert_frame_equal(first, read_tsv(tmp_path / bs / name).drop(columns="time"))
