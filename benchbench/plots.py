@@ -305,24 +305,28 @@ def plot_radius(rows: pd.DataFrame | str | os.PathLike, out: Path | str, formats
 
 
 def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Sequence[float], indices: Sequence[int],
-                      seed: int, device: str = "cpu", n0: int | None = None) -> dict[str, Any]:
+                      seed: int, device: str = "cpu", n0: int | None = None, data_dir: str | None = None,
+                      classifier: str | None = None) -> dict[str, Any]:
     """Clean, noisy and purified versions of test images ``indices`` for :func:`plot_grid`.
 
     The noisy image at σ is the first noisy copy certification drew for that image (the runner's noise
     generator for (seed, idx, σ); pass the run's ``n0`` to draw it exactly as certification's first block,
     see :func:`benchbench.quality.noisy_copies`), and stochastic purifiers are seeded as the runner seeds
-    them. Returns
+    them; ``data_dir`` is where the dataset lives and ``classifier`` the run's classifier reference (for
+    purifiers that use it). Returns
     ``{"indices": [...], "sigmas": [...], "clean": (K,C,H,W), "noisy": {σ: (K,C,H,W)},
     "purified": {label: {σ: (K,C,H,W)}}}`` with CPU tensors; values are not clipped.
     """
     import torch
 
     from benchbench.data import get_dataset
+    from benchbench.models.store import load_classifier
     from benchbench.quality import noisy_copies
     from benchbench.runner import seed_purifier
     from benchbench.registry import get_purifier
 
-    test = get_dataset(dataset, "test")
+    test = get_dataset(dataset, "test", data_dir=data_dir)
+    base = load_classifier(classifier, device, dataset) if classifier else None
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise InvalidArgument(f"image indices {bad} are outside the {dataset} test set (0..{len(test) - 1})")
@@ -332,7 +336,7 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
     purified: dict[str, dict[float, Any]] = {}
     with torch.no_grad():
         for spec in purifier_specs:
-            purifier = get_purifier(spec.name, **spec.params, device=device, dataset=dataset)
+            purifier = get_purifier(spec.name, **spec.params, device=device, dataset=dataset, classifier=base)
             purified[spec.label] = {}
             for s in sigmas:
                 outs = []
@@ -351,10 +355,12 @@ def grid_from_run(run_dir: Path | str, images: int = 4, device: str = "cpu") -> 
     load_run_rows(run_dir)  # a BenchError for a directory that is not a run
     if images < 1:
         raise InvalidArgument(f"images must be >= 1, got {images}")
-    exp = json.loads((run_dir / CONFIG).read_text())["experiment"]
+    config = json.loads((run_dir / CONFIG).read_text())
+    exp = config["experiment"]
     specs = [PurifierSpec(p["name"], p["params"]) for p in exp["purifiers"]]
     return purification_grid(specs, exp["dataset"], exp["sigmas"], exp["image_indices"][:images], exp["seed"], device,
-                             n0=exp.get("n0"))
+                             n0=exp.get("n0"), data_dir=config.get("environment", {}).get("data_dir"),
+                             classifier=(exp.get("classifier") or {}).get("ref"))
 
 
 def _as_image(t: Any) -> np.ndarray:

@@ -106,14 +106,16 @@ def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpi
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise InvalidArgument(f"{run_dir} is not a benchbench run directory (no {CONFIG})")
-    exp = json.loads((run_dir / CONFIG).read_text())["experiment"]
+    config = json.loads((run_dir / CONFIG).read_text())
+    exp = config["experiment"]
+    test = get_dataset(exp["dataset"], "test", data_dir=config.get("environment", {}).get("data_dir"))
+    classifier = load_classifier(exp["classifier"]["ref"], device, exp["dataset"])
     try:
-        purifiers = {p["label"]: get_purifier(p["name"], **p["params"], device=device, dataset=exp["dataset"])
+        purifiers = {p["label"]: get_purifier(p["name"], **p["params"], device=device, dataset=exp["dataset"],
+                                              classifier=classifier)
                      for p in exp["purifiers"]}
     except BenchError as exc:
         raise BenchError(f"cannot rebuild the run's purifiers to measure quality: {exc}") from None
-    test = get_dataset(exp["dataset"], "test")
-    classifier = load_classifier(exp["classifier"]["ref"], device)
     name = None
     if isinstance(distance, str):
         from benchbench.perceptual import resolve_distance

@@ -19,11 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from benchbench.certify import ABSTAIN, certify, check_protocol
-from benchbench.data import dataset_info, get_dataset
+from benchbench.data import dataset_info, default_data_dir, get_dataset
 from benchbench.errors import BenchError, InvalidArgument
 from benchbench.models.store import fingerprint, load_classifier
 from benchbench.nfe import ForwardCounter
-from benchbench.presets import PRESETS
+from benchbench.presets import preset_values
 from benchbench.registry import PurifierSpec, get_purifier, parse_purifier_list
 from benchbench.results import RowWriter, format_summary, open_run_dir, tsv_name, write_summary
 
@@ -46,6 +46,8 @@ class RunConfig:
     classifier: str | None = None
     out: str | None = None
     preset: str = "custom"
+    data_dir: str | None = None    # where the dataset's files live (default: $BENCH_DATA_DIR or ./data)
+    download: bool = False         # let a dataset fetch its files when they are missing
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)  # unknown dataset → UnknownName
@@ -63,13 +65,15 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
         """Start from the preset, override with every flag given, and validate."""
-        values = dict(PRESETS[args.preset])
-        for key in ("dataset", "n0", "n", "alpha", "num_images", "skip", "batch_size", "seed", "classifier", "out"):
+        values = preset_values(args.preset, getattr(args, "dataset", None))
+        for key in ("n0", "n", "alpha", "num_images", "skip", "batch_size", "seed", "classifier", "out",
+                    "data_dir"):
             if getattr(args, key, None) is not None:
                 values[key] = getattr(args, key)
         if args.sigmas is not None:
             values["sigmas"] = tuple(_parse_float(s, "sigma") for s in args.sigmas.split(",") if s.strip())
         values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        values["download"] = bool(getattr(args, "download", False))
         return cls(purifiers=parse_purifier_list(args.purifiers), preset=args.preset, **values)
 
     def image_indices(self, test_size: int) -> list[int]:
@@ -102,6 +106,39 @@ def seed_purifier(purifier: Any, *, seed: int, idx: int, sigma: float) -> None:
         purifier.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
 
 
+def check_classifier(classifier: torch.nn.Module, ref: str, test: Any) -> None:
+    """One forward pass on a test image, before anything is written: the classifier must give one logit
+    per class of the dataset."""
+    device = next(iter(classifier.parameters()), torch.empty(0)).device
+    with torch.no_grad():
+        try:
+            out = classifier(test.images[:1].to(device))
+        except Exception as exc:  # a network built for other inputs fails in its own way
+            raise BenchError(f"classifier {ref!r} cannot take {config_shape(test)} images of dataset "
+                             f"{test.name!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") \
+                from None
+    if out.dim() != 2 or out.shape[1] != test.num_classes:
+        raise BenchError(f"classifier {ref!r} gives {tuple(out.shape)[1:]} outputs per image; dataset "
+                         f"{test.name!r} has {test.num_classes} classes")
+
+
+def check_purifier(purifier: Any, label: str, test: Any) -> None:
+    """A purifier that declares the image shape its network takes (``image_shape``) or its number of
+    classes (``num_classes``) must match the dataset, before anything is written."""
+    shape = getattr(purifier, "image_shape", None)
+    if shape is not None and tuple(shape) != tuple(test.images.shape[1:]):
+        raise BenchError(f"purifier {label}: its model takes images of shape {tuple(shape)}; dataset {test.name!r} "
+                         f"has {config_shape(test)}")
+    classes = getattr(purifier, "num_classes", None)
+    if classes is not None and classes != test.num_classes:
+        raise BenchError(f"purifier {label}: its model is conditioned on {classes} classes; dataset "
+                         f"{test.name!r} has {test.num_classes}")
+
+
+def config_shape(test: Any) -> tuple[int, ...]:
+    return tuple(test.images.shape[1:])
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -118,7 +155,7 @@ def _versions() -> dict[str, str]:
 def run(config: RunConfig) -> RunResult:
     """Certify every (purifier, σ, image), write the run directory, and return its summary."""
     info = dataset_info(config.dataset)
-    test = get_dataset(config.dataset, "test")
+    test = get_dataset(config.dataset, "test", data_dir=config.data_dir, download=config.download)
     indices = config.image_indices(len(test))
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -126,11 +163,15 @@ def run(config: RunConfig) -> RunResult:
     classifier_ref = config.classifier or info.default_classifier
     if classifier_ref is None:
         raise BenchError(f"dataset {config.dataset!r} has no default classifier; pass --classifier")
-    classifier = load_classifier(classifier_ref, device)
+    classifier = load_classifier(classifier_ref, device, config.dataset)
+    check_classifier(classifier, classifier_ref, test)
     purifiers = {
-        spec.label: get_purifier(spec.name, **spec.params, device=str(device), dataset=config.dataset)
+        spec.label: get_purifier(spec.name, **spec.params, device=str(device), dataset=config.dataset,
+                                 classifier=classifier)
         for spec in config.purifiers
     }
+    for label, purifier in purifiers.items():
+        check_purifier(purifier, label, test)
     files = [
         {"purifier": spec.label, "sigma": sigma, "file": tsv_name(spec.label, sigma)}
         for spec in config.purifiers
@@ -150,13 +191,17 @@ def run(config: RunConfig) -> RunResult:
         "n": config.n,
         "alpha": config.alpha,
         "seed": config.seed,
-        "classifier": {"ref": classifier_ref, "fingerprint": fingerprint(classifier_ref, "classifier")},
+        "classifier": {"ref": classifier_ref,
+                       "fingerprint": getattr(classifier, "fingerprint", None)
+                       or fingerprint(classifier_ref, "classifier")},
+        "data": test.meta,
     }
     environment = {
         "preset": config.preset,
         "batch_size": config.batch_size,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
