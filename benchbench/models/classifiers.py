@@ -177,9 +177,15 @@ def timm_classifier(arg: str, *, device: str = "cpu", dataset: str = "digits") -
         fp = fingerprint(str(folder), "classifier")
     else:
         fp = f"timm:{name}@{getattr(timm, '__version__', '?')}"
-    pretrained = ckpt is None
     try:
-        net = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if ckpt is None:
+            net = timm.create_model(name, pretrained=True)
+        else:  # the head's size comes from the weights (a CIFAR-10 checkpoint has 10 outputs)
+            state = timm.models.load_state_dict(kwargs["checkpoint_path"])
+            head = timm.create_model(name, pretrained=False).pretrained_cfg.get("classifier")
+            classes = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
+            net = timm.create_model(name, pretrained=False, **({"num_classes": classes} if classes else {}))
+            net.load_state_dict(state)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise InvalidArgument(f"timm has no model {name!r}") from None

@@ -81,6 +81,7 @@ def _quiet() -> None:
     except ImportError:
         return
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars on stderr around one-line errors
 
 
 def hub_call(fn: Any, ref: str, kind: str, **kwargs: Any) -> Any:
