@@ -307,3 +307,25 @@ def test_hub_ids_resolve_from_the_cache_and_record_the_commit(world, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     purifier = json.loads((out / "config.json").read_text())["experiment"]["purifiers"][0]
     assert purifier["model"] == f"hub:tiny/ddpm@{commit}"
+
+
+@pytest.mark.slow
+def test_train_distill_and_finetune_on_cifar10_with_a_local_teacher(world, tmp_path):
+    """The seed's pipeline on CIFAR-10-format data: distil a (learned-variance) DDPM folder, fine-tune the
+    result; each output is a ConsistencyModelPipeline folder the consistency purifiers load."""
+    from diffusers import ConsistencyModelPipeline
+
+    common = ["--dataset", "cifar10", "--data-dir", str(world["cifar"]), "--steps", "2", "--batch-size", "4",
+              "--distance", "l2"]
+    assert main(["train", "distill", "--teacher", str(world["ddpm32"]), "--out", str(tmp_path / "cd"), *common]) == 0
+    pipe = ConsistencyModelPipeline.from_pretrained(tmp_path / "cd")
+    assert pipe.unet.config.out_channels == 3  # the teacher's mean channels only
+    manifest = json.loads((tmp_path / "cd" / "manifest.json").read_text())
+    assert manifest["training_config"]["teacher"] == str(world["ddpm32"])
+    assert manifest["metrics"]["seconds_per_step"] > 0
+    assert main(["train", "finetune", "--base", str(tmp_path / "cd"), "--out", str(tmp_path / "ft"), *common]) == 0
+    purifier = get_purifier("consistency-ft", model=str(tmp_path / "ft"))
+    assert purifier(torch.rand(2, 3, 32, 32), 0.5).shape == (2, 3, 32, 32)
+    # a teacher whose images are not the dataset's: refused before anything is written
+    assert main(["train", "distill", "--teacher", "digits", "--out", str(tmp_path / "bad"), *common]) == 2
+    assert not (tmp_path / "bad").exists()
