@@ -114,7 +114,7 @@ def check_classifier(classifier: torch.nn.Module, ref: str, test: Any) -> None:
         try:
             out = classifier(test.images[:1].to(device))
         except Exception as exc:  # a network built for other inputs fails in its own way
-            raise BenchError(f"classifier {ref!r} cannot take {config_shape(test)} images of dataset "
+            raise BenchError(f"classifier {ref!r} cannot take {_image_shape(test)} images of dataset "
                              f"{test.name!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") \
                 from None
     if out.dim() != 2 or out.shape[1] != test.num_classes:
@@ -128,14 +128,14 @@ def check_purifier(purifier: Any, label: str, test: Any) -> None:
     shape = getattr(purifier, "image_shape", None)
     if shape is not None and tuple(shape) != tuple(test.images.shape[1:]):
         raise BenchError(f"purifier {label}: its model takes images of shape {tuple(shape)}; dataset {test.name!r} "
-                         f"has {config_shape(test)}")
+                         f"has {_image_shape(test)}")
     classes = getattr(purifier, "num_classes", None)
     if classes is not None and classes != test.num_classes:
         raise BenchError(f"purifier {label}: its model is conditioned on {classes} classes; dataset "
                          f"{test.name!r} has {test.num_classes}")
 
 
-def config_shape(test: Any) -> tuple[int, ...]:
+def _image_shape(test: Any) -> tuple[int, ...]:
     return tuple(test.images.shape[1:])
 
 
@@ -194,7 +194,8 @@ def run(config: RunConfig) -> RunResult:
         "classifier": {"ref": classifier_ref,
                        "fingerprint": getattr(classifier, "fingerprint", None)
                        or fingerprint(classifier_ref, "classifier")},
-        "data": test.meta,
+        # what the data is (e.g. the official release or not); where it lies is environment, not experiment
+        "data": {k: v for k, v in test.meta.items() if k != "source"},
     }
     environment = {
         "preset": config.preset,
@@ -202,6 +203,7 @@ def run(config: RunConfig) -> RunResult:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
+        "data_source": test.meta.get("source"),
         "torch_threads": torch.get_num_threads(),
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

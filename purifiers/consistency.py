@@ -9,7 +9,7 @@ from benchbench.errors import InvalidArgument
 from benchbench.models.consistency import load_consistency, multistep_levels, purify
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
 
-CLASS_LABEL_POLICIES = ("none", "predicted")
+CLASS_LABEL_POLICIES = ("auto", "none", "predicted")
 
 
 class ConsistencyBase:
@@ -20,7 +20,8 @@ class ConsistencyBase:
     ``class_label`` is what a class-conditional UNet (``num_class_embeds`` in its config, e.g.
     ``openai/diffusers-cd_imagenet64_lpips``) is told: ``none`` (unconditional models only) or
     ``predicted``: the base classifier's label of the same noisy input x + δ, one classifier call per noisy
-    sample before purifying. The certificate stays valid: the label is a function of x + δ alone (the
+    sample before purifying; ``auto`` (the default) is ``predicted`` for a class-conditional model and
+    ``none`` otherwise. The policy in effect is part of the fingerprint recorded in config.json. The certificate stays valid: the label is a function of x + δ alone (the
     classifier is fixed), so the purifier stays a (randomised) function of x + δ, which is all randomized
     smoothing asks of the base classifier; the clean label is never used. Those classifier calls add to
     the measured time, not to NFE (which counts the diffusion network).
@@ -29,7 +30,7 @@ class ConsistencyBase:
     kind = "consistency"
 
     def __init__(self, model: str | None = None, device: str = "cpu", dataset: str = "digits", steps: int = 1,
-                 class_label: str = "none", classifier: torch.nn.Module | None = None):
+                 class_label: str = "auto", classifier: torch.nn.Module | None = None):
         self.model_ref = model or self._default_model(dataset)
         self.device = torch.device(device)
         self.model = load_consistency(self.model_ref, self.device, self.kind)
@@ -59,6 +60,8 @@ class ConsistencyBase:
         if policy not in CLASS_LABEL_POLICIES:
             raise InvalidArgument(f"class_label={policy!r}: expected one of {', '.join(CLASS_LABEL_POLICIES)}")
         classes = getattr(config, "num_class_embeds", None)
+        if policy == "auto":
+            policy = "predicted" if classes else "none"
         if classes and policy == "none":
             raise InvalidArgument(f"consistency model {self.model_ref!r} is class-conditional ({classes} classes): "
                                   f"pass class_label=predicted")
@@ -74,6 +77,8 @@ class ConsistencyBase:
     def _fingerprint(self) -> str:
         """The weights' hash, plus the distances it was trained with (from its manifest, when it has one)."""
         text = fingerprint(self.model_ref, self.kind)
+        if self.class_label != "none":
+            text += f";class_label={self.class_label}"
         cfg = (read_manifest(self.model_ref, self.kind) or {}).get("training_config", {})
         for key in ("distance", "distill_distance"):
             if cfg.get(key):

@@ -76,6 +76,7 @@ def test_timm_classifier_from_a_saved_folder(tmp_path):
         torch.testing.assert_close(clf2(x), clf(x))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_torchscript_classifier_gets_pixels_as_they_are(tmp_path):
     scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)))
     scripted.save(str(tmp_path / "m.pt"))
@@ -208,7 +209,10 @@ def test_consistency_class_label_predicted_conditions_on_the_noisy_label(world):
 
 def test_consistency_class_label_policy_is_checked(world, tiny_ddpm):
     with pytest.raises(InvalidArgument, match="class-conditional"):
-        get_purifier("consistency", model=str(world["cm32"]))
+        get_purifier("consistency", model=str(world["cm32"]), class_label="none", classifier=FixedLabel(10))
+    auto = get_purifier("consistency", model=str(world["cm32"]), classifier=FixedLabel(10))
+    assert auto.class_label == "predicted" and auto.fingerprint.endswith(";class_label=predicted")
+    assert get_purifier("consistency", model="digits").class_label == "none"
     with pytest.raises(InvalidArgument, match="needs a class-conditional model"):
         get_purifier("consistency", model="digits", class_label="predicted", classifier=FixedLabel(10))
     with pytest.raises(InvalidArgument, match="expected one of"):
@@ -237,8 +241,9 @@ def check_run(out, purifiers_nfe):
 @pytest.mark.slow
 def test_bench_run_on_cifar10_format_data(world, tmp_path):
     out = tmp_path / "run"
+    # the command: a class-conditional CM without class_label gets the predicted label (auto)
     purifiers = (f"ddpm:model={world['ddpm32']},pfode:model={world['ddpm32']}:steps=2,"
-                 f"consistency:model={world['cm32']}:class_label=predicted")
+                 f"consistency:model={world['cm32']}")
     assert main(["run", "--dataset", "cifar10", "--data-dir", str(world["cifar"]), "--classifier",
                  f"hf:{world['vit10']}", "--purifiers", purifiers, "--out", str(out), *SMALL]) == 0
     config = check_run(out, {"ddpm": 1.0, "pfode": 3.0, "consistency": 1.0})
@@ -248,6 +253,7 @@ def test_bench_run_on_cifar10_format_data(world, tmp_path):
     assert exp["classifier"]["ref"] == f"hf:{world['vit10']}"
     assert exp["classifier"]["fingerprint"].startswith("sha256:")
     assert config["environment"]["data_dir"] == str(Path(world["cifar"]).resolve())
+    assert exp["purifiers"][2]["model"].endswith(";class_label=predicted")
 
 
 @pytest.mark.slow
