@@ -144,6 +144,7 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
     seen: set[str] = set()
     recs: list[dict[str, Any]] = []
     skipped: list[str] = []
+    unknown: list[str] = []
     for rows, device, run in sources:
         for label in dict.fromkeys(rows["purifier"]):
             key = f"{label} [{short_device(device)}]" if several_devices else label
@@ -168,6 +169,9 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
             base = {"config": key, "purifier": label, "device": device}
             per = [{**base, "sigma": float(s), "kind": "sigma", **dict(zip(("cost", "robustness"), measure(g)))}
                    for s, g in mine.groupby("sigma", sort=True)]
+            if any(math.isnan(p["cost"]) for p in per):  # e.g. imported published rows carry no NFE
+                unknown.append(label)
+                continue
             recs += per
             top = max(per, key=lambda p: p["robustness"])  # max() keeps the first maximum: the smallest σ
             recs.append({**base, "sigma": math.nan, "kind": "best", "cost": top["cost"],
@@ -175,6 +179,11 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
     if skipped:
         warnings.warn(f"no benchmark timing for {', '.join(dict.fromkeys(skipped))}; left out of the plot",
                       stacklevel=2)
+    if unknown:
+        warnings.warn(f"no {cost} recorded for {', '.join(dict.fromkeys(unknown))}; left out of the plot",
+                      stacklevel=2)
+    if not recs and unknown:
+        raise InvalidArgument(f"nothing to plot: no {cost} recorded for {', '.join(dict.fromkeys(unknown))}")
     if not recs:
         raise InvalidArgument("nothing to plot: no purifier of the run has a benchmark timing" if bench is not None
                               else "nothing to plot: the run has no rows yet")

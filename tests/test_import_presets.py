@@ -58,6 +58,12 @@ def test_import_adds_published_rows_beside_a_run(tmp_path, tiny_ddpm):
     assert [f["purifier"] for f in config["files"]] == ["identity", "DDS (published)"]
     assert main(["report", str(run)]) == 0
     assert "DDS (published)" in (run / "report.md").read_text()
+    assert main(["plot", "radius", str(run)]) == 0
+    with pytest.warns(UserWarning, match=r"no nfe recorded for DDS \(published\)"):
+        from benchbench.plots import pareto_points
+
+        points = pareto_points([run], cost="nfe")
+    assert set(points["purifier"]) == {"identity"}
     # the same label and σ again: refused, nothing changed
     before = (run / "config.json").read_text()
     assert main(["import", "dds", str(src), "--sigma", "0.5", "--out", str(run), "--label", "DDS (published)"]) == 2
@@ -82,3 +88,13 @@ def test_presets_resolve_per_dataset():
     assert preset_values("paper", "imagenet64")["sigmas"] == (0.05, 0.15, 0.25)
     assert preset_values("cohen", "cifar10")["n"] == 100_000
     assert preset_values("paper")["dataset"] == "digits"
+
+
+def test_paper_preset_takes_every_20th_cifar10_and_every_100th_imagenet64_image():
+    from benchbench.runner import RunConfig
+    from benchbench.registry import parse_purifier_list
+
+    for dataset, size, stride in (("cifar10", 10_000, 20), ("imagenet64", 50_000, 100)):
+        config = RunConfig(purifiers=parse_purifier_list("identity"), **preset_values("paper", dataset))
+        indices = config.image_indices(size)
+        assert len(indices) == 500 and indices[:3] == [0, stride, 2 * stride]
