@@ -124,7 +124,7 @@ def load_imagenet64(split: str, data_dir: str = "data") -> ImageDataset:
         raise InvalidArgument(f"imagenet64 holds only the 50,000 validation images (the test split); no {split!r} "
                               f"split (train on the full Imagenet64_train files elsewhere)")
     root = Path(data_dir)
-    path = _imagenet64_file(root)
+    path = _imagenet64_file(root)  # read with numpy: torchvision has no reader for the downsampled-ImageNet npz
     try:
         with np.load(path) as npz:
             data, raw = npz["data"], np.asarray(npz["labels"]).reshape(-1)

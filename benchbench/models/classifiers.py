@@ -134,6 +134,10 @@ def hf_classifier(arg: str, *, device: str = "cpu", dataset: str = "digits") -> 
     net = hub_call(transformers.AutoModelForImageClassification.from_pretrained, arg, "classifier")
     processor = hub_call(transformers.AutoImageProcessor.from_pretrained, arg, "classifier")
     size = getattr(processor, "size", None) or {}
+    crop = getattr(processor, "crop_size", None) or {}
+    if getattr(processor, "do_center_crop", False) and "height" in crop:
+        # The network's input is the crop; a square image goes straight to it (no resize-then-crop margin).
+        size = crop
     if "height" in size:
         hw = (size["height"], size["width"])
     elif "shortest_edge" in size:
