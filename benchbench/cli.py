@@ -41,7 +41,10 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="comma list of name[:key=value...] specs, or 'all' (default: all)")
     run.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                      help="protocol defaults; the flags below override them (default: quick)")
-    run.add_argument("--dataset", help="dataset name (default: digits)")
+    run.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagenet64, imagefolder:PATH "
+                                       "(default: digits)")
+    run.add_argument("--data-dir", help="folder holding the dataset's files (default: $BENCH_DATA_DIR or ./data)")
+    run.add_argument("--download", action="store_true", help="let the dataset fetch missing files (needs network)")
     run.add_argument("--sigmas", help="comma list of noise levels σ in image scale [0,1]")
     run.add_argument("--n0", type=int, help="selection samples per image")
     run.add_argument("--n", type=int, help="estimation samples per image")
@@ -51,7 +54,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="noisy samples per forward batch")
     run.add_argument("--seed", type=int, help="run seed: fixes every noise draw")
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    run.add_argument("--classifier", help="classifier model reference (default: the dataset's)")
+    run.add_argument("--classifier", help="classifier reference: digits, FOLDER, hf:ID, timm:NAME[:CKPT], "
+                                          "robustbench:NAME, torchscript:PATH (default: the dataset's)")
     run.add_argument("--out", help="run directory (default: results/<preset>-<dataset>-<time>)")
     run.add_argument("--no-report", action="store_true",
                      help="write rows and the summary only; no quality, report or figures (bench report and "
@@ -75,8 +79,11 @@ def _build_parser() -> argparse.ArgumentParser:
         if what in ("distill", "finetune"):
             t.add_argument("--distance", help="training distance: lpips (the dataset's default), digits-cnn, "
                                               "vgg, alex or l2")
+        if what in ("distill", "finetune"):
+            t.add_argument("--data-dir", help="folder holding the dataset's files (default: $BENCH_DATA_DIR or ./data)")
+            t.add_argument("--batch-size", type=int, help="images per optimiser step")
         if what == "distill":
-            t.add_argument("--teacher", help="DDPM reference (default: the dataset's)")
+            t.add_argument("--teacher", help="DDPM reference: folder or hub id (default: the dataset's)")
         if what == "finetune":
             t.add_argument("--base", help="distilled consistency model reference (default: the dataset's)")
 
@@ -86,8 +93,19 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--finetuned", default="digits", help="fine-tuned model reference ('none' to skip)")
     evaluate.add_argument("--device", default="cpu")
 
-    lst = sub.add_parser("list", help="list registered purifiers or datasets")
-    lst.add_argument("what", choices=["purifiers", "datasets"])
+    lst = sub.add_parser("list", help="list registered purifiers, datasets or classifier reference forms")
+    lst.add_argument("what", choices=["purifiers", "datasets", "classifiers"])
+
+    imp = sub.add_parser("import", help="read Cohen et al.'s or DDS's certify output into a run directory")
+    imp.add_argument("format", choices=["cohen", "dds"], help="cohen: correct is 0/1 per row; dds: a running total")
+    imp.add_argument("file", metavar="FILE.tsv")
+    imp.add_argument("--sigma", type=float, required=True, help="the σ the file was certified at (image scale)")
+    imp.add_argument("--out", required=True, help="run directory: an existing run (rows added beside its "
+                                                  "purifiers) or a new folder")
+    imp.add_argument("--label", help="row label in reports (default: the format name)")
+    imp.add_argument("--dataset", help="dataset the file was certified on (recorded; for a new run directory)")
+    imp.add_argument("--n", type=int, help="the file's estimation sample count (recorded in each row)")
+    imp.add_argument("--alpha", type=float, help="the file's α (recorded; for a new run directory)")
     _add_reporting(sub)
     return parser
 
@@ -236,13 +254,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from benchbench.train.distill import DistillConfig, train_distill
 
         cfg = DistillConfig(dataset=args.dataset, seed=args.seed)
-        _override(cfg, steps=args.steps, distance=args.distance, teacher=args.teacher)
+        _override(cfg, steps=args.steps, distance=args.distance, teacher=args.teacher, data_dir=args.data_dir,
+                  batch_size=args.batch_size)
         manifest = train_distill(args.out, cfg, device=args.device)
     else:
         from benchbench.train.finetune import FinetuneConfig, train_finetune
 
         cfg = FinetuneConfig(dataset=args.dataset, seed=args.seed)
-        _override(cfg, steps=args.steps, distance=args.distance, base=args.base)
+        _override(cfg, steps=args.steps, distance=args.distance, base=args.base, data_dir=args.data_dir,
+                  batch_size=args.batch_size)
         manifest = train_finetune(args.out, cfg, device=args.device)
     print(json.dumps(manifest["metrics"], indent=2))
     print(f"wrote {args.out} in {manifest['train_seconds']} s")
@@ -268,12 +288,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    import inspect
+
     if args.what == "datasets":
         from benchbench.data import available_datasets, dataset_info
 
         for name in available_datasets():
             info = dataset_info(name)
-            print(f"{name}  classifier={info.default_classifier}  ddpm={info.default_ddpm}")
+            print(f"{name}  classifier={info.default_classifier}  ddpm={info.default_ddpm}  "
+                  f"consistency={info.default_consistency}")
+        return 0
+    if args.what == "classifiers":
+        from benchbench.models.classifiers import CLASSIFIERS
+
+        for name in CLASSIFIERS.names():
+            doc = inspect.getdoc(CLASSIFIERS.get(name)) or ""
+            print(f"{name}:…\n    {doc.splitlines()[0] if doc else ''}")
+        print("FOLDER or embedded name (digits)\n    benchbench's SmallCNN")
         return 0
     from benchbench.registry import available_purifiers, describe, purifier_params
 
@@ -283,8 +314,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from benchbench.importer import import_published
+
+    path = import_published(args.file, args.format, sigma=args.sigma, out=args.out, label=args.label,
+                            dataset=args.dataset, n=args.n, alpha=args.alpha)
+    print(f"wrote {path} (and config.json, summary) in {args.out}")
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "plot": _cmd_plot, "report": _cmd_report,
-            "quality": _cmd_quality, "compare": _cmd_compare, "evaluate": _cmd_evaluate}
+            "quality": _cmd_quality, "compare": _cmd_compare, "evaluate": _cmd_evaluate, "import": _cmd_import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

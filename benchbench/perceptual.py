@@ -108,9 +108,9 @@ def get_distance(name: str, device: str | torch.device = "cpu") -> Distance:
     if name == "l2":
         return L2Distance()
     if name == "digits-cnn":
-        from benchbench.models.store import load_classifier
+        from benchbench.models.store import load_smallcnn
 
-        return ClassifierLPIPS(load_classifier("digits", device).body).to(device)
+        return ClassifierLPIPS(load_smallcnn("digits", device).body).to(device)
     if name in ("vgg", "alex"):
         path = backbone_file(name)
         if not path.is_file():  # lpips would otherwise try to download it (URLError offline)

@@ -144,6 +144,7 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
     seen: set[str] = set()
     recs: list[dict[str, Any]] = []
     skipped: list[str] = []
+    unknown: list[str] = []
     for rows, device, run in sources:
         for label in dict.fromkeys(rows["purifier"]):
             key = f"{label} [{short_device(device)}]" if several_devices else label
@@ -168,6 +169,9 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
             base = {"config": key, "purifier": label, "device": device}
             per = [{**base, "sigma": float(s), "kind": "sigma", **dict(zip(("cost", "robustness"), measure(g)))}
                    for s, g in mine.groupby("sigma", sort=True)]
+            if any(math.isnan(p["cost"]) for p in per):  # e.g. imported published rows carry no NFE
+                unknown.append(label)
+                continue
             recs += per
             top = max(per, key=lambda p: p["robustness"])  # max() keeps the first maximum: the smallest σ
             recs.append({**base, "sigma": math.nan, "kind": "best", "cost": top["cost"],
@@ -175,6 +179,11 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
     if skipped:
         warnings.warn(f"no benchmark timing for {', '.join(dict.fromkeys(skipped))}; left out of the plot",
                       stacklevel=2)
+    if unknown:
+        warnings.warn(f"no {cost} recorded for {', '.join(dict.fromkeys(unknown))}; left out of the plot",
+                      stacklevel=2)
+    if not recs and unknown:
+        raise InvalidArgument(f"nothing to plot: no {cost} recorded for {', '.join(dict.fromkeys(unknown))}")
     if not recs:
         raise InvalidArgument("nothing to plot: no purifier of the run has a benchmark timing" if bench is not None
                               else "nothing to plot: the run has no rows yet")
@@ -305,23 +314,27 @@ def plot_radius(rows: pd.DataFrame | str | os.PathLike, out: Path | str, formats
 
 
 def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Sequence[float], indices: Sequence[int],
-                      seed: int, device: str = "cpu", n0: int | None = None) -> dict[str, Any]:
+                      seed: int, device: str = "cpu", n0: int | None = None, data_dir: str | None = None,
+                      classifier: str | None = None) -> dict[str, Any]:
     """Clean, noisy and purified versions of test images ``indices`` for :func:`plot_grid`.
 
     The noisy image at σ is the first noisy copy certification drew for that image (the noise generator
     for (seed, idx, σ); pass the run's ``n0`` to draw it exactly as certification's first block, see
     :func:`benchbench.quality.noisy_copies`), and a stochastic purifier gets that copy's own noise, so each
-    purified image is the one certification classified. Returns
+    purified image is the one certification classified; ``data_dir`` is where the dataset lives and
+    ``classifier`` the run's classifier reference (for purifiers that use it). Returns
     ``{"indices": [...], "sigmas": [...], "clean": (K,C,H,W), "noisy": {σ: (K,C,H,W)},
     "purified": {label: {σ: (K,C,H,W)}}}`` with CPU tensors; values are not clipped.
     """
     import torch
 
     from benchbench.data import get_dataset
+    from benchbench.models.store import load_classifier
     from benchbench.quality import noisy_copies, purify_copies
     from benchbench.registry import get_purifier
 
-    test = get_dataset(dataset, "test")
+    test = get_dataset(dataset, "test", data_dir=data_dir)
+    base = load_classifier(classifier, device, dataset) if classifier else None
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise InvalidArgument(f"image indices {bad} are outside the {dataset} test set (0..{len(test) - 1})")
@@ -331,7 +344,7 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
     purified: dict[str, dict[float, Any]] = {}
     with torch.no_grad():
         for spec in purifier_specs:
-            purifier = get_purifier(spec.name, **spec.params, device=device, dataset=dataset)
+            purifier = get_purifier(spec.name, **spec.params, device=device, dataset=dataset, classifier=base)
             purified[spec.label] = {}
             for s in sigmas:
                 outs = []
@@ -352,10 +365,12 @@ def grid_from_run(run_dir: Path | str, images: int = 4, device: str = "cpu",
     load_run_rows(run_dir)  # a BenchError for a directory that is not a run
     if images < 1:
         raise InvalidArgument(f"images must be >= 1, got {images}")
-    exp = json.loads((run_dir / CONFIG).read_text())["experiment"]
+    config = json.loads((run_dir / CONFIG).read_text())
+    exp = config["experiment"]
     specs = [PurifierSpec(p["name"], p["params"]) for p in exp["purifiers"] if only is None or p["label"] in only]
     return purification_grid(specs, exp["dataset"], exp["sigmas"], exp["image_indices"][:images], exp["seed"], device,
-                             n0=exp.get("n0"))
+                             n0=exp.get("n0"), data_dir=config.get("environment", {}).get("data_dir"),
+                             classifier=(exp.get("classifier") or {}).get("ref"))
 
 
 def _as_image(t: Any) -> np.ndarray:

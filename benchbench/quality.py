@@ -145,13 +145,14 @@ def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpi
     if not 1 <= copies <= limit:
         raise InvalidArgument(f"copies must lie between 1 and the run's n0 + n = {limit} (the noisy copies "
                               f"certification drew), got {copies}")
+    test = get_dataset(exp["dataset"], "test", data_dir=config.get("environment", {}).get("data_dir"))
+    classifier = load_classifier(exp["classifier"]["ref"], device, exp["dataset"])
     try:
-        purifiers = {p["label"]: get_purifier(p["name"], **p["params"], device=device, dataset=exp["dataset"])
+        purifiers = {p["label"]: get_purifier(p["name"], **p["params"], device=device, dataset=exp["dataset"],
+                                              classifier=classifier)
                      for p in exp["purifiers"] if only is None or p["label"] in only}
     except BenchError as exc:
         raise BenchError(f"cannot rebuild the run's purifiers to measure quality: {exc}") from None
-    test = get_dataset(exp["dataset"], "test")
-    classifier = load_classifier(exp["classifier"]["ref"], device)
     name = None
     if isinstance(distance, str):
         from benchbench.perceptual import resolve_distance

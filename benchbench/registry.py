@@ -1,29 +1,28 @@
 """The purifier registry: one name → one factory, from decorators or from installed entry points.
 
 A purifier plugin is any callable factory (usually a class) whose keyword parameters are the purifier's
-user-facing parameters, plus optionally the harness-provided ``device`` and ``dataset``. It returns an
+user-facing parameters, plus optionally the harness-provided ``device``, ``dataset`` and ``classifier`` (the
+loaded base classifier: images in [0, 1] → logits). It returns an
 object satisfying :class:`Purifier`. Third-party packages expose factories through the entry-point group
 ``benchbench.purifiers``; benchbench's own built-ins are declared the same way in its pyproject.toml.
 """
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import inspect
 import os
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from benchbench.errors import BenchError, InvalidArgument, UnknownName
+from benchbench.errors import BenchError, InvalidArgument
+from benchbench.plugins import Registry
 
 ENTRY_POINT_GROUP = "benchbench.purifiers"
 
 # Keyword arguments the harness fills in itself; they are not user parameters of a purifier.
-HARNESS_PARAMS = ("device", "dataset")
+HARNESS_PARAMS = ("device", "dataset", "classifier")
 
 
 @runtime_checkable
@@ -58,52 +57,23 @@ class Purifier(Protocol):
 
 Factory = Callable[..., Purifier]
 
-_registered: dict[str, Factory] = {}
+PURIFIERS: Registry[Factory] = Registry("purifier", ENTRY_POINT_GROUP)
 
 
 def register_purifier(name: str) -> Callable[[Factory], Factory]:
     """Decorator that registers a purifier factory under ``name``; registering another one under a taken
     name is an error (re-registering the same object is not)."""
-
-    def decorate(factory: Factory) -> Factory:
-        existing = _registered.get(name)
-        if existing is not None and existing is not factory:
-            raise BenchError(f"purifier name {name!r} is already registered to {_qualname(existing)}")
-        _registered[name] = factory
-        return factory
-
-    return decorate
-
-
-def _qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-
-
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return PURIFIERS.register(name)
 
 
 def available_purifiers(pattern: str = "*") -> list[str]:
     """Sorted names of all purifiers, registered or installed, matching a shell-style ``pattern``."""
-    names = set(_registered) | set(_entry_points())
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+    return PURIFIERS.names(pattern)
 
 
 def get_factory(name: str) -> Factory:
     """The factory registered under ``name``, loading its entry point on first use."""
-    if name in _registered:
-        return _registered[name]
-    eps = _entry_points()
-    if name not in eps:
-        known = available_purifiers()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownName(f"unknown purifier {name!r}{hint} (available: {', '.join(known) or 'none'})")
-    try:
-        factory = eps[name].load()
-    except Exception as exc:  # a broken plugin must not take the harness down with a traceback
-        raise BenchError(f"purifier plugin {name!r} ({eps[name].value}) failed to load: {exc}") from exc
-    return register_purifier(name)(factory)
+    return PURIFIERS.get(name)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from benchbench.certify import ABSTAIN, certify, check_protocol, noisy_batches
-from benchbench.data import ImageDataset, dataset_info, get_dataset
+from benchbench.data import ImageDataset, dataset_info, default_data_dir, get_dataset
 from benchbench.environment import environment
-from benchbench.errors import InvalidArgument, PluginFault, ResourceError
+from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError
 from benchbench.models.store import fingerprint, load_classifier
 from benchbench.nfe import ForwardCounter
-from benchbench.presets import PRESETS
+from benchbench.presets import preset_values
 from benchbench.registry import Purifier, PurifierSpec, get_purifier, parse_purifier_list
 from benchbench.resources import ActivationMeter, check_batch_memory, check_device, check_output_location
 from benchbench.results import NOISE_SCHEME, RowWriter, check_run_dir, format_summary, open_run_dir, tsv_name, \
@@ -55,6 +55,8 @@ class RunConfig:
     classifier: str | None = None
     out: str | None = None
     preset: str = "custom"
+    data_dir: str | None = None    # where the dataset's files live (default: $BENCH_DATA_DIR or ./data)
+    download: bool = False         # let a dataset fetch its files when they are missing
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)  # unknown dataset → UnknownName
@@ -83,13 +85,15 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
         """Start from the preset, override with every flag given, and validate."""
-        values = dict(PRESETS[args.preset])
-        for key in ("dataset", "n0", "n", "alpha", "num_images", "skip", "batch_size", "seed", "classifier", "out"):
+        values = preset_values(args.preset, getattr(args, "dataset", None))
+        for key in ("n0", "n", "alpha", "num_images", "skip", "batch_size", "seed", "classifier", "out",
+                    "data_dir"):
             if getattr(args, key, None) is not None:
                 values[key] = getattr(args, key)
         if args.sigmas is not None:
             values["sigmas"] = tuple(_parse_float(s, "sigma") for s in args.sigmas.split(",") if s.strip())
         values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        values["download"] = bool(getattr(args, "download", False))
         return cls(purifiers=parse_purifier_list(args.purifiers), preset=args.preset, **values)
 
     def image_indices(self, test_size: int) -> list[int]:
@@ -104,6 +108,39 @@ def _parse_float(text: str, name: str) -> float:
         return float(text)
     except ValueError:
         raise InvalidArgument(f"{name} must be a number, got {text!r}") from None
+
+
+def check_classifier(classifier: torch.nn.Module, ref: str, test: Any) -> None:
+    """One forward pass on a test image, before anything is written: the classifier must give one logit
+    per class of the dataset."""
+    device = next(iter(classifier.parameters()), torch.empty(0)).device
+    with torch.no_grad():
+        try:
+            out = classifier(test.images[:1].to(device))
+        except Exception as exc:  # a network built for other inputs fails in its own way
+            raise BenchError(f"classifier {ref!r} cannot take {_image_shape(test)} images of dataset "
+                             f"{test.name!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") \
+                from None
+    if out.dim() != 2 or out.shape[1] != test.num_classes:
+        raise BenchError(f"classifier {ref!r} gives {tuple(out.shape)[1:]} outputs per image; dataset "
+                         f"{test.name!r} has {test.num_classes} classes")
+
+
+def check_purifier(purifier: Any, label: str, test: Any) -> None:
+    """A purifier that declares the image shape its network takes (``image_shape``) or its number of
+    classes (``num_classes``) must match the dataset, before anything is written."""
+    shape = getattr(purifier, "image_shape", None)
+    if shape is not None and tuple(shape) != tuple(test.images.shape[1:]):
+        raise BenchError(f"purifier {label}: its model takes images of shape {tuple(shape)}; dataset {test.name!r} "
+                         f"has {_image_shape(test)}")
+    classes = getattr(purifier, "num_classes", None)
+    if classes is not None and classes != test.num_classes:
+        raise BenchError(f"purifier {label}: its model is conditioned on {classes} classes; dataset "
+                         f"{test.name!r} has {test.num_classes}")
+
+
+def _image_shape(test: Any) -> tuple[int, ...]:
+    return tuple(test.images.shape[1:])
 
 
 @dataclass
@@ -134,18 +171,22 @@ def prepare(config: RunConfig) -> Prepared:
     """Build and check everything a run needs, writing nothing: raises a BenchError on the first problem."""
     device = check_device(config.device)
     info = dataset_info(config.dataset)
-    test = get_dataset(config.dataset, "test")
+    test = get_dataset(config.dataset, "test", data_dir=config.data_dir, download=config.download)
     indices = config.image_indices(len(test))
     run_dir = Path(config.out or f"results/{config.preset}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_output_location(run_dir)
     classifier_ref = config.classifier or info.default_classifier
     if classifier_ref is None:
         raise InvalidArgument(f"dataset {config.dataset!r} has no default classifier; pass --classifier")
-    classifier = load_classifier(classifier_ref, device)
+    classifier = load_classifier(classifier_ref, device, config.dataset)
+    check_classifier(classifier, classifier_ref, test)
     purifiers = {
-        spec.label: get_purifier(spec.name, **spec.params, device=str(device), dataset=config.dataset)
+        spec.label: get_purifier(spec.name, **spec.params, device=str(device), dataset=config.dataset,
+                                 classifier=classifier)
         for spec in config.purifiers
     }
+    for label, purifier in purifiers.items():
+        check_purifier(purifier, label, test)
     files = [
         {"purifier": spec.label, "sigma": sigma, "file": tsv_name(spec.label, sigma)}
         for spec in config.purifiers
@@ -167,10 +208,16 @@ def prepare(config: RunConfig) -> Prepared:
         "alpha": config.alpha,
         "seed": config.seed,
         "noise": NOISE_SCHEME,
-        "classifier": {"ref": classifier_ref, "fingerprint": fingerprint(classifier_ref, "classifier")},
+        "classifier": {"ref": classifier_ref,
+                       "fingerprint": getattr(classifier, "fingerprint", None)
+                       or fingerprint(classifier_ref, "classifier")},
+        # what the data is (e.g. the official release or not); where it lies is environment, not experiment
+        "data": {k: v for k, v in test.meta.items() if k != "source"},
     }
     run_config = {"experiment": experiment,
-                  "environment": environment(device, preset=config.preset, batch_size=config.batch_size),
+                  "environment": environment(device, preset=config.preset, batch_size=config.batch_size,
+                                                 data_dir=str(Path(config.data_dir or default_data_dir()).resolve()),
+                                                 data_source=test.meta.get("source")),
                   "files": files}
     resumed = check_run_dir(run_dir, run_config)
     prepared = Prepared(config, device, test, indices, classifier, classifier_ref, purifiers, run_dir, run_config,

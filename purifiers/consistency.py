@@ -4,29 +4,80 @@ from __future__ import annotations
 
 import torch
 
+from benchbench.data import dataset_info
+from benchbench.errors import InvalidArgument
 from benchbench.models.consistency import load_consistency, multistep_levels, purify
-from benchbench.models.store import fingerprint, read_manifest
+from benchbench.models.store import embedded_path, fingerprint, read_manifest
 from benchbench.seeding import CopyNoise
+
+CLASS_LABEL_POLICIES = ("auto", "none", "predicted")
 
 
 class ConsistencyBase:
     """Loads a consistency model of ``kind`` (embedded name, ``ConsistencyModelPipeline`` folder or hub id;
-    the dataset's embedded model when ``model`` is None) and purifies in ``steps`` network calls."""
+    when ``model`` is None, the dataset's embedded model or its default hub model) and purifies in ``steps``
+    network calls.
+
+    ``class_label`` is what a class-conditional UNet (``num_class_embeds`` in its config, e.g.
+    ``openai/diffusers-cd_imagenet64_lpips``) is told: ``none`` (unconditional models only) or
+    ``predicted``: the base classifier's label of the same noisy input x + δ, one classifier call per noisy
+    sample before purifying; ``auto`` (the default) is ``predicted`` for a class-conditional model and
+    ``none`` otherwise. The policy in effect is part of the fingerprint recorded in config.json. The certificate stays valid: the label is a function of x + δ alone (the
+    classifier is fixed), so the purifier stays a (randomised) function of x + δ, which is all randomized
+    smoothing asks of the base classifier; the clean label is never used. Those classifier calls add to
+    the measured time, not to NFE (which counts the diffusion network).
+    """
 
     kind = "consistency"
 
-    def __init__(self, model: str | None = None, device: str = "cpu", dataset: str = "digits", steps: int = 1):
-        self.model_ref = model or dataset
+    def __init__(self, model: str | None = None, device: str = "cpu", dataset: str = "digits", steps: int = 1,
+                 class_label: str = "auto", classifier: torch.nn.Module | None = None):
+        self.model_ref = model or self._default_model(dataset)
         self.device = torch.device(device)
         self.model = load_consistency(self.model_ref, self.device, self.kind)
         multistep_levels(self.model.sigmas, 0, steps)  # refuse an impossible step count now, not mid-run
         self.steps = steps
         self.networks = (self.model.unet,)
+        config = self.model.unet.config
+        size = config.sample_size
+        self.image_shape = (config.in_channels, *((size, size) if isinstance(size, int) else size))
+        self.class_label, self.classifier = self._class_policy(class_label, classifier, config)
         self.fingerprint = self._fingerprint()  # recorded in config.json
+
+    def _default_model(self, dataset: str) -> str:
+        if embedded_path(dataset, self.kind).is_dir():
+            return dataset
+        default = dataset_info(dataset).default_consistency if self.kind == "consistency" else None
+        if default is None:
+            raise InvalidArgument(f"no default {self.kind} model for dataset {dataset!r}: pass "
+                                  f"{self.kind}:model=FOLDER_OR_HUB_ID")
+        return default
+
+    def _class_policy(self, policy: str, classifier: torch.nn.Module | None, config: object) -> tuple[str, object]:
+        """Check ``class_label`` against the model; ``num_classes`` is set for a class-conditional model
+        (the harness checks it against the dataset's)."""
+        if policy not in CLASS_LABEL_POLICIES:
+            raise InvalidArgument(f"class_label={policy!r}: expected one of {', '.join(CLASS_LABEL_POLICIES)}")
+        classes = getattr(config, "num_class_embeds", None)
+        if policy == "auto":
+            policy = "predicted" if classes else "none"
+        if classes and policy == "none":
+            raise InvalidArgument(f"consistency model {self.model_ref!r} is class-conditional ({classes} classes): "
+                                  f"pass class_label=predicted")
+        if not classes and policy != "none":
+            raise InvalidArgument(f"class_label={policy} needs a class-conditional model; {self.model_ref!r} "
+                                  f"has no num_class_embeds")
+        if policy == "predicted" and classifier is None:
+            raise InvalidArgument("class_label=predicted needs the base classifier (the harness passes it)")
+        if classes:
+            self.num_classes = int(classes)
+        return policy, (classifier if policy == "predicted" else None)
 
     def _fingerprint(self) -> str:
         """The weights' hash, plus the distances it was trained with (from its manifest, when it has one)."""
         text = fingerprint(self.model_ref, self.kind)
+        if self.class_label != "none":
+            text += f";class_label={self.class_label}"
         cfg = (read_manifest(self.model_ref, self.kind) or {}).get("training_config", {})
         for key in ("distance", "distill_distance"):
             if cfg.get(key):
@@ -37,7 +88,8 @@ class ConsistencyBase:
 
     @torch.no_grad()
     def __call__(self, x_noisy: torch.Tensor, sigma: float, noise: CopyNoise) -> torch.Tensor:
-        return purify(self.model, x_noisy, sigma, noise, self.steps)
+        labels = self.classifier(x_noisy).argmax(1) if self.classifier is not None else None
+        return purify(self.model, x_noisy, sigma, noise, self.steps, labels)
 
 
 class ConsistencyPurifier(ConsistencyBase):

@@ -6,8 +6,12 @@ import math
 
 import torch
 
+import numpy as np
+from diffusers import DDPMScheduler
+
 from benchbench.data import dataset_info
-from benchbench.errors import InvalidArgument
+from benchbench.errors import CheckpointError, InvalidArgument
+from benchbench.models.ddpm_ve import PREDICTION_TYPES, mean_channels, to_epsilon
 from benchbench.models.store import fingerprint, load_ddpm
 
 
@@ -37,12 +41,38 @@ def matching_timestep(alphas_cumprod: torch.Tensor, sigma: float) -> int:
 
 class DDPMBase:
     """Loads a DDPM (embedded name, local folder or hub id; the dataset's default when ``model`` is None)
-    and maps x_noisy in [0, 1] onto the diffusion trajectory at t*."""
+    and maps x_noisy in [0, 1] onto the diffusion trajectory at t*.
+
+    Everything about the model comes from its own config: the β schedule (``linear``,
+    ``squaredcos_cap_v2``, …, through diffusers' ``DDPMScheduler``), the prediction type (``epsilon``,
+    ``v_prediction`` or ``sample``: :meth:`eps` always returns ε) and the variance type (a UNet with
+    2·C output channels, ``learned``/``learned_range``, predicts mean and variance: only the C mean
+    channels are used). ``image_shape`` (C, H, W) is what the UNet takes; the harness checks it against
+    the dataset. ``self.scheduler`` is the model's scheduler re-expressed for ε inputs (prediction type
+    ``epsilon``; a learned variance becomes the posterior variance ``fixed_small``), which the samplers copy.
+    """
 
     def __init__(self, model: str | None = None, device: str = "cpu", dataset: str = "digits"):
-        self.model_ref = model or dataset_info(dataset).default_ddpm
+        ref = model or dataset_info(dataset).default_ddpm
+        if ref is None:
+            raise InvalidArgument(f"no default DDPM for dataset {dataset!r}: pass model=FOLDER_OR_HUB_ID")
+        self.model_ref = ref
         self.device = torch.device(device)
-        self.unet, self.scheduler = load_ddpm(self.model_ref, self.device)
+        self.unet, loaded = load_ddpm(self.model_ref, self.device)
+        config = loaded.config
+        self.prediction_type = config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise CheckpointError(f"DDPM {ref!r}: prediction_type {self.prediction_type!r} is not supported "
+                                  f"({', '.join(PREDICTION_TYPES)})")
+        c_in, c_out = self.unet.config.in_channels, self.unet.config.out_channels
+        if c_out not in (c_in, 2 * c_in):
+            raise CheckpointError(f"DDPM {ref!r}: {c_out} output channels for {c_in} input channels; expected "
+                                  f"{c_in} (fixed variance) or {2 * c_in} (learned variance)")
+        self.variance_type = config.get("variance_type", "fixed_small")
+        variance = "fixed_small" if str(self.variance_type).startswith("learned") else self.variance_type
+        self.scheduler = DDPMScheduler.from_config(config, prediction_type="epsilon", variance_type=variance)
+        size = self.unet.config.sample_size
+        self.image_shape = (c_in, *((size, size) if isinstance(size, int) else size))
         self.fingerprint = fingerprint(self.model_ref, "ddpm")  # recorded in config.json
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64)
         self.networks = (self.unet,)
@@ -52,13 +82,23 @@ class DDPMBase:
         t = matching_timestep(self.alphas_cumprod, sigma)
         return math.sqrt(self.alphas_cumprod[t].item()) * (2 * x_noisy - 1), t
 
+    def _alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ at a (possibly fractional) timestep, interpolated in log σ as diffusers' discrete schedulers do."""
+        log_sigma = np.log(np.sqrt((1 - self.alphas_cumprod.numpy()) / self.alphas_cumprod.numpy()))
+        s = np.exp(np.interp(t.double().cpu().numpy(), np.arange(len(log_sigma)), log_sigma))
+        return torch.as_tensor(1 / (1 + s**2), dtype=torch.float64)
+
     def eps(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """ε_θ(x_t, t) at an integer timestep: one network call."""
-        return self.unet(x_t, torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)).sample
+        out = self.unet(x_t, torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)).sample
+        return to_epsilon(mean_channels(out, x_t), x_t, self.alphas_cumprod[t], self.prediction_type)
 
     def eps_at(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε_θ(x_t, t) at a scheduler timestep (a 0-d tensor, possibly fractional): one network call."""
-        return self.unet(x_t, t.to(x_t.device).expand(len(x_t))).sample
+        out = self.unet(x_t, t.to(x_t.device).expand(len(x_t))).sample
+        if self.prediction_type == "epsilon":
+            return mean_channels(out, x_t)
+        return to_epsilon(mean_channels(out, x_t), x_t, self._alpha_bar(t.reshape(())), self.prediction_type)
 
     @staticmethod
     def check_steps(steps: int) -> int:

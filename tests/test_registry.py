@@ -16,7 +16,7 @@ from benchbench.registry import (
 
 
 def test_builtins_are_found_through_their_entry_points():
-    eps = registry._entry_points()
+    eps = registry.PURIFIERS.entry_points()
     assert {"identity", "ddpm"} <= set(eps)
     assert eps["ddpm"].value == "purifiers.ddpm:DDPMPurifier"
     assert {"identity", "ddpm"} <= set(available_purifiers())
@@ -33,7 +33,7 @@ def test_unknown_name_lists_the_available_ones_and_the_closest():
 
 
 def test_decorator_registers_and_refuses_a_second_owner(monkeypatch):
-    monkeypatch.setattr(registry, "_registered", {})
+    monkeypatch.setattr(registry.PURIFIERS, "_items", {})
 
     @register_purifier("halve")
     class Halve:
@@ -58,7 +58,7 @@ def test_decorator_registers_and_refuses_a_second_owner(monkeypatch):
 
 
 def test_spec_parsing_converts_types_and_labels_rows(monkeypatch):
-    monkeypatch.setattr(registry, "_registered", {})
+    monkeypatch.setattr(registry.PURIFIERS, "_items", {})
 
     @register_purifier("toy")
     def toy(steps: int = 5, solver: str = "ddim", churn: float = 0.0, clip: bool = True, device: str = "cpu"):

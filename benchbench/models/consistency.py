@@ -71,7 +71,9 @@ class ConsistencyModel(torch.nn.Module):
         sigma = torch.as_tensor(sigma, dtype=None if keep else torch.float64).detach().cpu().reshape(-1)
         return sigma.expand(batch) if sigma.numel() == 1 else sigma
 
-    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """f(x, σ); ``class_labels`` (B,) int64 for a class-conditional UNet (``num_class_embeds``)."""
         s = self._sigma_column(sigma, len(x))
         # c_skip(σ_min) = 1 and c_out(σ_min) = 0 exactly, and stay so after the cast to x's dtype.
         c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition(s)
@@ -80,7 +82,7 @@ class ConsistencyModel(torch.nn.Module):
         t = torch.from_numpy(self.scheduler.sigma_to_t(s.numpy()))
         view = (-1,) + (1,) * (x.dim() - 1)
         cast = dict(device=x.device, dtype=x.dtype)
-        out = self.unet(c_in.to(**cast).view(view) * x, t.to(**cast)).sample
+        out = self.unet(c_in.to(**cast).view(view) * x, t.to(**cast), class_labels=class_labels).sample
         return c_skip.to(**cast).view(view) * x + c_out.to(**cast).view(view) * out
 
     def save_pretrained(self, out: str | Path) -> None:
@@ -140,7 +142,7 @@ def multistep_levels(sigmas: torch.Tensor, start: int, steps: int) -> list[int]:
 
 
 def consistency_sample(model: ConsistencyModel, x: torch.Tensor, start: int, steps: int = 1,
-                       noise: Noise = None) -> torch.Tensor:
+                       noise: Noise = None, class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. Algorithm 1) from ``x`` at grid level σ_start.
 
     Each step applies f once (one network call) and clips to [-1, 1]; between steps the estimate is
@@ -148,10 +150,10 @@ def consistency_sample(model: ConsistencyModel, x: torch.Tensor, start: int, ste
     Returns the final estimate of x₀ in [-1, 1].
     """
     levels = multistep_levels(model.sigmas, start, steps)
-    x0 = model(x, float(model.sigmas[levels[0]])).clamp(-1, 1)
+    x0 = model(x, float(model.sigmas[levels[0]]), class_labels).clamp(-1, 1)
     for j in levels[1:]:
         s = float(model.sigmas[j])
-        x0 = model(x0 + math.sqrt(s**2 - model.sigma_min**2) * randn_like(x, noise), s).clamp(-1, 1)
+        x0 = model(x0 + math.sqrt(s**2 - model.sigma_min**2) * randn_like(x, noise), s, class_labels).clamp(-1, 1)
     return x0
 
 
@@ -167,14 +169,15 @@ def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "
 
 
 def purify(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, noise: Noise = None,
-           steps: int = 1) -> torch.Tensor:
+           steps: int = 1, class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Consistency purification of x_noisy = x + δ (x in [0, 1], δ ~ N(0, σ²I), σ in image scale).
 
     2·x_noisy − 1 = x₀ + 2σ·ε is the VE form at noise level 2σ; it is topped up to the next grid level
     σ_k ≥ 2σ (:func:`top_up`), then ``steps`` consistency steps run from σ_k (:func:`consistency_sample`).
-    Returns images in [0, 1]; differentiable with respect to the model's weights.
+    ``class_labels`` (B,) go to a class-conditional model. Returns images in [0, 1]; differentiable with
+    respect to the model's weights.
     """
     x, k = top_up(2 * x_noisy - 1, 2 * sigma, model.sigmas, noise)
     if k == len(model.sigmas) - 1:  # 2σ ≤ σ_min: f(x, σ_min) = x, no network call needed
         return (x.clamp(-1, 1) + 1) / 2
-    return (consistency_sample(model, x, k, steps, noise) + 1) / 2
+    return (consistency_sample(model, x, k, steps, noise, class_labels) + 1) / 2

@@ -4,12 +4,15 @@ A model reference is one of:
 
 * an embedded name (``digits``): a model trained by benchbench and shipped in ``benchbench/assets``;
 * a local directory in diffusers' ``save_pretrained`` layout (``./models/my-ddpm``, ``/abs/path``);
-* a Hugging Face hub id (``google/ddpm-cifar10-32``), fetched by diffusers; offline this fails with one
-  clear :class:`~benchbench.errors.CheckpointError`, never silently.
+* a Hugging Face hub id (``google/ddpm-cifar10-32``), optionally pinned to a revision
+  (``google/ddpm-cifar10-32@6be910c``), fetched by diffusers or transformers into the hub cache; offline
+  this fails with one clear :class:`~benchbench.errors.CheckpointError`, never silently. The commit a hub
+  model resolved to is part of its fingerprint (``hub:ID@COMMIT``), recorded in the run's config.json.
 
 A DDPM is a ``DDPMPipeline`` folder: ``unet/`` (``UNet2DModel``) and ``scheduler/`` (``DDPMScheduler``).
-A classifier is a folder holding a :class:`~benchbench.models.classifier.SmallCNN` (or any diffusers
-``ModelMixin`` named in its config) with ``config.json`` beside the safetensors weights.
+A classifier reference is any form of :mod:`benchbench.models.classifiers` (``hf:…``, ``timm:…``,
+``robustbench:…``, ``torchscript:…``) or a folder holding a :class:`~benchbench.models.classifier.SmallCNN`
+with ``config.json`` beside the safetensors weights.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from benchbench.errors import CheckpointError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = "manifest.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 def embedded_path(name: str, kind: str) -> Path:
@@ -36,7 +39,8 @@ def embedded_path(name: str, kind: str) -> Path:
 
 
 def resolve(ref: str, kind: str) -> str:
-    """Turn a model reference into a local path or a hub id; raise CheckpointError when it is neither."""
+    """Turn a model reference into a local path or a hub id (``@revision`` kept); raise CheckpointError
+    when it is neither."""
     if embedded_path(ref, kind).is_dir():
         return str(embedded_path(ref, kind))
     path = Path(ref).expanduser()
@@ -53,26 +57,48 @@ def resolve(ref: str, kind: str) -> str:
     return ref
 
 
+def split_revision(hub_id: str) -> tuple[str, str | None]:
+    """``org/name@rev`` → (``org/name``, ``rev``); ``org/name`` → (``org/name``, None)."""
+    repo, sep, rev = hub_id.partition("@")
+    return (repo, rev) if sep else (hub_id, None)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
-def _load(loader: Any, ref: str, kind: str, **kwargs: Any) -> Any:
-    """Call a diffusers ``from_pretrained`` and turn every failure into one CheckpointError line."""
+def _quiet() -> None:
+    """Silence the libraries' warnings and retry messages ("install accelerate", "Retrying in 1s"), which
+    would break one-line errors."""
     from diffusers.utils import logging as diffusers_logging
     from huggingface_hub.utils import logging as hub_logging
 
-    # Their warnings and retry messages ("install accelerate", "Retrying in 1s") would break one-line errors.
     diffusers_logging.set_verbosity_error()
     hub_logging.set_verbosity_error()
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars on stderr around one-line errors
+
+
+def hub_call(fn: Any, ref: str, kind: str, **kwargs: Any) -> Any:
+    """Call a ``from_pretrained``-like ``fn(path_or_id, **kwargs)`` on the resolved reference (a hub id's
+    ``@revision`` passed as ``revision=``), turning every failure into one CheckpointError line."""
+    _quiet()
     where = resolve(ref, kind)
     is_hub = not Path(where).exists()
+    if is_hub:
+        where, revision = split_revision(where)
+        if revision:
+            kwargs["revision"] = revision
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return loader.from_pretrained(where, **kwargs)
-    except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, safetensors errors…
+            return fn(where, **kwargs)
+    except Exception as exc:  # the libraries raise OSError, ValueError, EnvironmentError, safetensors errors…
         if is_hub:
             raise CheckpointError(
                 f"cannot fetch {kind} {ref!r} from the hub (no network, or no such repo): {_first_line(exc)}"
@@ -80,11 +106,25 @@ def _load(loader: Any, ref: str, kind: str, **kwargs: Any) -> Any:
         raise CheckpointError(f"corrupt or incomplete {kind} checkpoint at {where}: {_first_line(exc)}") from exc
 
 
-def load_classifier(ref: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a classifier (images in [0, 1] → logits) in eval mode on ``device``."""
+def _load(loader: Any, ref: str, kind: str, **kwargs: Any) -> Any:
+    """Call a diffusers ``from_pretrained`` and turn every failure into one CheckpointError line."""
+    return hub_call(loader.from_pretrained, ref, kind, **kwargs)
+
+
+def load_smallcnn(ref: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a SmallCNN folder or embedded name (images in [0, 1] → logits) in eval mode on ``device``."""
     from benchbench.models.classifier import SmallCNN
 
     return _load(SmallCNN, ref, "classifier").to(device).eval()
+
+
+def load_classifier(ref: str, device: str | torch.device = "cpu", dataset: str = "digits") -> torch.nn.Module:
+    """Load a classifier (images in [0, 1] at the dataset's resolution → logits) in eval mode on ``device``;
+    ``ref`` is any form of :mod:`benchbench.models.classifiers`. Its ``fingerprint`` attribute identifies
+    the weights (recorded in config.json)."""
+    from benchbench.models.classifiers import build_classifier
+
+    return build_classifier(ref, device, dataset)
 
 
 def load_ddpm(ref: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
@@ -96,13 +136,29 @@ def load_ddpm(ref: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Mo
     return unet, scheduler
 
 
+def hub_revision(repo: str, revision: str | None = None) -> str | None:
+    """The commit that ``repo`` (at ``revision``; default its main branch) resolves to in the local hub
+    cache, where loading it put it; None when it is not cached."""
+    from huggingface_hub import snapshot_download
+
+    _quiet()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Path(snapshot_download(repo, revision=revision, local_files_only=True)).name
+    except Exception:  # not in the cache: huggingface_hub raises one of several error types
+        return None
+
+
 def fingerprint(ref: str, kind: str) -> str:
     """A content hash that changes whenever the weights or configs change: ``sha256:…`` over every file of
-    a local folder except the manifest, or ``hub:<id>`` for a hub id (the hub pins content by revision)."""
+    a local folder except the manifest, or ``hub:<id>@<commit>`` for a hub id, the commit it resolved to in
+    the hub cache (``@unknown`` when it is not cached)."""
     where = resolve(ref, kind)
     root = Path(where)
     if not root.exists():
-        return f"hub:{where}"
+        repo, revision = split_revision(where)
+        return f"hub:{repo}@{hub_revision(repo, revision) or 'unknown'}"
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
         digest.update(str(file.relative_to(root)).encode())
@@ -112,5 +168,6 @@ def fingerprint(ref: str, kind: str) -> str:
 
 def read_manifest(ref: str, kind: str) -> dict[str, Any] | None:
     """The training manifest shipped with a local model, or None."""
-    path = Path(resolve(ref, kind)) / MANIFEST
+    where = resolve(ref, kind)
+    path = Path(where) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None

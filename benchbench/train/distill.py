@@ -27,7 +27,8 @@ from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from benchbench.data import get_dataset
+from benchbench.data import dataset_info, get_dataset
+from benchbench.errors import BenchError, InvalidArgument
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import fingerprint, load_ddpm
@@ -39,7 +40,9 @@ from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, s
 @dataclass
 class DistillConfig:
     dataset: str = "digits"
-    teacher: str = "digits"        # DDPM reference (embedded name, folder or hub id)
+    teacher: str | None = None     # DDPM reference (embedded name, folder or hub id); None: the dataset's
+    data_dir: str | None = None    # where the dataset's files live (default: $BENCH_DATA_DIR or ./data)
+    evaluate: bool | None = None   # FD and purification scores after training; None: on digits only
     steps: int = 2600
     batch_size: int = 96
     lr: float = 4e-4
@@ -58,12 +61,27 @@ class DistillConfig:
 
 
 def build_student(teacher_unet: UNet2DModel, config: DistillConfig) -> ConsistencyModel:
-    """A consistency model with the teacher's UNet architecture, initialised from its weights if asked."""
-    unet = UNet2DModel.from_config(teacher_unet.config)
+    """A consistency model with the teacher's UNet architecture, initialised from its weights if asked.
+    A learned-variance teacher (2·C output channels) gives a student with C: the mean part of its output
+    layer."""
+    channels = teacher_unet.config.in_channels
+    unet = UNet2DModel.from_config(teacher_unet.config, out_channels=channels)
     if config.init_from_teacher:
-        unet.load_state_dict(teacher_unet.state_dict())
+        state = teacher_unet.state_dict()
+        for key in ("conv_out.weight", "conv_out.bias"):
+            state[key] = state[key][:channels]
+        unet.load_state_dict(state)
     scheduler = make_scheduler(config.num_levels, config.sigma_min, config.sigma_max, config.sigma_data, config.rho)
     return ConsistencyModel(unet, scheduler)
+
+
+def check_image_shape(unet: UNet2DModel, data: object, what: str) -> None:
+    """Refuse, before training, a UNet whose input shape is not the dataset's images' shape."""
+    size = unet.config.sample_size
+    shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+    if tuple(shape) != tuple(data.images.shape[1:]):
+        raise BenchError(f"{what} takes images of shape {tuple(shape)}; dataset {data.name!r} has "
+                         f"{tuple(data.images.shape[1:])}")
 
 
 def warm_start_loss(student: ConsistencyModel, teacher: DDPMAsVE, x0: torch.Tensor,
@@ -101,9 +119,13 @@ def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -
     out = prepare_output(out)
     gen = seed_everything(config.seed)
     distance_name = resolve_distance(config.distance, config.dataset)
-    train = get_dataset(config.dataset, "train")
-    x_train = (train.images * 2 - 1).to(device)
+    config.teacher = config.teacher or dataset_info(config.dataset).default_ddpm
+    if config.teacher is None:
+        raise InvalidArgument(f"no default DDPM for dataset {config.dataset!r}: pass --teacher")
+    train = get_dataset(config.dataset, "train", data_dir=config.data_dir)
     teacher_unet, teacher_scheduler = load_ddpm(config.teacher, device)
+    check_image_shape(teacher_unet, train, f"teacher {config.teacher!r}")
+    x_train = (train.images * 2 - 1).to(device)
     teacher = DDPMAsVE(teacher_unet.requires_grad_(False), teacher_scheduler)
     student = build_student(teacher_unet, config).to(device).train()
     ema = EMAModel(student.parameters(), decay=config.ema_decay)
@@ -136,8 +158,11 @@ def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -
     final = ema_copy(student, ema)
     final.save_pretrained(out)
     metrics = {"train_loss_smoothed": running, "loss_history": history,
-               **evaluate_consistency(final, dataset=config.dataset, teacher=config.teacher)}
-    split = {"dataset": config.dataset, "train": len(train), "test": len(get_dataset(config.dataset, "test"))}
+               "seconds_per_step": round(seconds / max(1, config.steps), 4)}
+    if config.evaluate if config.evaluate is not None else config.dataset == "digits":
+        metrics.update(evaluate_consistency(final, dataset=config.dataset, teacher=config.teacher))
+    split = {"dataset": config.dataset, "train": len(train),
+             "test": len(get_dataset(config.dataset, "test", data_dir=config.data_dir))}
     cfg = {**asdict(config), "distance": distance_name, "distance_requested": config.distance, "split": split,
            "teacher_fingerprint": fingerprint(config.teacher, "ddpm"),
            "teacher_solver": "heun (one step per grid pair)",

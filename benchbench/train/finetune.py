@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from benchbench.data import get_dataset
 from benchbench.models.consistency import ConsistencyModel, level_at_or_above, load_consistency, top_up
-from benchbench.models.store import fingerprint, read_manifest
+from benchbench.errors import InvalidArgument
+from benchbench.models.store import embedded_path, fingerprint, read_manifest
+from benchbench.train.distill import check_image_shape
 from benchbench.perceptual import Distance, get_distance, resolve_distance
 from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
                                      write_manifest)
@@ -38,7 +40,9 @@ from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, s
 @dataclass
 class FinetuneConfig:
     dataset: str = "digits"
-    base: str = "digits"           # distilled model reference (kind "consistency")
+    base: str | None = None        # distilled model reference (kind "consistency"); None: the dataset's embedded one
+    data_dir: str | None = None    # where the dataset's files live (default: $BENCH_DATA_DIR or ./data)
+    evaluate: bool | None = None   # FD and purification scores after training; None: on digits only
     steps: int = 1200
     batch_size: int = 96           # split evenly over `sigmas`
     lr: float = 2e-4
@@ -87,9 +91,15 @@ def train_finetune(out: str | Path, config: FinetuneConfig, device: str = "cpu")
     out = prepare_output(out)
     gen = seed_everything(config.seed)
     distance_name = resolve_distance(config.distance, config.dataset)
-    train = get_dataset(config.dataset, "train")
-    x_train = train.images.to(device)
+    if config.base is None:
+        if not embedded_path(config.dataset, "consistency").is_dir():
+            raise InvalidArgument(f"no embedded consistency model for dataset {config.dataset!r}: pass --base "
+                                  f"(a folder written by bench train distill, or a hub id)")
+        config.base = config.dataset
+    train = get_dataset(config.dataset, "train", data_dir=config.data_dir)
     base = load_consistency(config.base, device, "consistency")
+    check_image_shape(base.unet, train, f"base model {config.base!r}")
+    x_train = train.images.to(device)
     model = copy.deepcopy(base).train().requires_grad_(True)
     base.requires_grad_(False)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
@@ -114,16 +124,19 @@ def train_finetune(out: str | Path, config: FinetuneConfig, device: str = "cpu")
     seconds = time.time() - start
     final = ema_copy(model, ema)
     final.save_pretrained(out)
-    kw = dict(dataset=config.dataset, distance=distance_name, sigmas=config.sigmas)
-    before, after = evaluate_consistency(base.cpu(), **kw), evaluate_consistency(final, **kw)
-    reduction = {s: 1 - after["purification"][s]["lpips"] / before["purification"][s]["lpips"]
-                 for s in after["purification"]}
-    metrics = {"train_loss_smoothed": running, "loss_history": history, **after, "base": before,
-               "lpips_reduction_vs_base": reduction,
-               "checks": {"lpips_10pct_lower_at_every_sigma": all(r >= 0.10 for r in reduction.values()),
-                          "fd_within_1.5x_base": after["fd_one_step"] <= 1.5 * before["fd_one_step"]}}
+    metrics: dict[str, Any] = {"train_loss_smoothed": running, "loss_history": history,
+                               "seconds_per_step": round(seconds / max(1, config.steps), 4)}
+    if config.evaluate if config.evaluate is not None else config.dataset == "digits":
+        kw = dict(dataset=config.dataset, distance=distance_name, sigmas=config.sigmas)
+        before, after = evaluate_consistency(base.cpu(), **kw), evaluate_consistency(final, **kw)
+        reduction = {s: 1 - after["purification"][s]["lpips"] / before["purification"][s]["lpips"]
+                     for s in after["purification"]}
+        metrics.update({**after, "base": before, "lpips_reduction_vs_base": reduction,
+                        "checks": {"lpips_10pct_lower_at_every_sigma": all(r >= 0.10 for r in reduction.values()),
+                                   "fd_within_1.5x_base": after["fd_one_step"] <= 1.5 * before["fd_one_step"]}})
     base_manifest = read_manifest(config.base, "consistency") or {}
-    split = {"dataset": config.dataset, "train": len(train), "test": len(get_dataset(config.dataset, "test"))}
+    split = {"dataset": config.dataset, "train": len(train),
+             "test": len(get_dataset(config.dataset, "test", data_dir=config.data_dir))}
     cfg = {**asdict(config), "distance": distance_name, "distance_requested": config.distance,
            "distill_distance": base_manifest.get("training_config", {}).get("distance"),
            "base_fingerprint": fingerprint(config.base, "consistency"), "split": split, "ema": True,
