@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from benchbench.errors import InvalidArgument, RunConflict
-from benchbench.results import CONFIG, RowWriter, open_run_dir, tsv_name, write_summary
+from benchbench.results import CONFIG, RowWriter, open_run_dir, tsv_name, write_atomic, write_summary
 
 FORMATS = ("cohen", "dds")
 HEADER = ["idx", "label", "predict", "radius", "correct", "time"]
@@ -114,10 +114,10 @@ def import_published(path: str | Path, fmt: str, *, sigma: float, out: str | Pat
     if (out / name).exists():
         raise RunConflict(f"{out / name} already exists; pass another --label")
     if config_path.is_file():
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     else:
         open_run_dir(out, config)
-    writer = RowWriter(out / name)
+    writer = RowWriter(out / name, entry, config["experiment"])
     try:
         for row in rows.to_dict("records"):
             writer.write(row)

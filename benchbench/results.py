@@ -131,7 +131,11 @@ class TsvContent:
 _INT_COLUMNS = ("idx", "label", "predict", "correct", "n")
 
 
-def _parse_row(fields: list[str], header: tuple[str, ...]) -> dict[str, Any]:
+# Published certify files (``bench import``) do not carry these: their rows hold NaN there.
+UNKNOWN_IN_IMPORTS = ("pa_lower", "nfe", "n")
+
+
+def _parse_row(fields: list[str], header: tuple[str, ...], imported: bool = False) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for col, text in zip(header, fields):
         if col == "purifier":
@@ -141,6 +145,9 @@ def _parse_row(fields: list[str], header: tuple[str, ...]) -> dict[str, Any]:
             value = float(text)
         except ValueError:
             raise ValueError(f"{col} {text!r} is not a number") from None
+        if imported and col in UNKNOWN_IN_IMPORTS and math.isnan(value):
+            row[col] = value
+            continue
         if not math.isfinite(value):
             raise ValueError(f"{col} {text!r} is not finite")
         if col in _INT_COLUMNS:
@@ -152,8 +159,9 @@ def _parse_row(fields: list[str], header: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _check_row(row: dict[str, Any], entry: dict[str, Any], experiment: dict[str, Any], seen: set[int]) -> None:
+    imported = "imported" in entry  # published rows: their own images and n, some fields unknown (NaN)
     indices = experiment.get("image_indices")
-    if indices is not None and row["idx"] not in indices:
+    if not imported and indices is not None and row["idx"] not in indices:
         raise ValueError(f"image {row['idx']} is not one of the run's images")
     if row["idx"] in seen:
         raise ValueError(f"image {row['idx']} appears twice")
@@ -166,12 +174,15 @@ def _check_row(row: dict[str, Any], entry: dict[str, Any], experiment: dict[str,
         raise ValueError(f"correct {row['correct']} disagrees with label {row['label']} and predict {row['predict']}")
     if row["radius"] < 0 or (row["predict"] == -1 and row["radius"] != 0):
         raise ValueError(f"radius {row['radius']} is negative or given to an abstention")
-    if not 0 <= row["pa_lower"] <= 1:
+    if not (0 <= row["pa_lower"] <= 1 or (imported and math.isnan(row["pa_lower"]))):
         raise ValueError(f"pa_lower {row['pa_lower']} is not a probability")
     for col in ("time", "nfe"):
         if row[col] < 0:
             raise ValueError(f"{col} {row[col]} is negative")
-    if row["n"] < 1 or ("n" in experiment and row["n"] != experiment["n"]):
+    if imported:
+        if not (math.isnan(row["n"]) or row["n"] >= 1):
+            raise ValueError(f"n {row['n']} is not a sample count")
+    elif row["n"] < 1 or ("n" in experiment and row["n"] != experiment["n"]):
         raise ValueError(f"n {row['n']} is not the run's n ({experiment.get('n')})")
     if "purifier" in row and row["purifier"] != entry["purifier"]:
         raise ValueError(f"purifier {row['purifier']!r} belongs in another file (this one is {entry['purifier']!r})")
@@ -214,7 +225,7 @@ def read_tsv(path: Path, entry: dict[str, Any], experiment: dict[str, Any], *,
         try:
             if len(fields) != len(header):
                 raise ValueError(f"{len(fields)} fields, expected {len(header)}")
-            row = _parse_row(fields, header)
+            row = _parse_row(fields, header, imported="imported" in entry)
             _check_row(row, entry, experiment, seen)
         except ValueError as exc:
             raise InvalidArgument(f"{path} line {number}: {exc}; fix or delete that row") from None
