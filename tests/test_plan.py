@@ -125,3 +125,17 @@ def test_an_interrupted_report_leaves_the_old_one_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", interrupted)
     assert main(["report", str(out)]) == 130
     assert tree(out) == before  # every file old or new, never half; no temporary file left behind
+
+
+def test_precision_and_noise_device_are_part_of_the_experiment(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--purifiers", "ddpm", "--num-images", "2", "--sigmas", "0.5", "--n0", "8", "--n", "24",
+            "--no-report", "--out", str(out)]
+    assert main([*args, "--precision", "bf16", "--noise-device", "device"]) == 0  # bf16 autocast runs on CPU
+    exp = json.loads((out / "config.json").read_text())["experiment"]
+    assert exp["precision"] == "bf16" and exp["noise_device"] == "cpu"  # the run's device here is the CPU
+    rows = pd.read_csv(out / tsv_name("ddpm", 0.5), sep="\t")
+    assert rows["n"].tolist() == [24, 24] and rows["pa_lower"].between(0, 1).all()
+    capsys.readouterr()
+    assert main([*args, "--precision", "fp32"]) == 2  # rows of another precision are not mixed in
+    assert "precision: \"bf16\" -> \"fp32\"" in capsys.readouterr().err
