@@ -2,7 +2,9 @@
 
 An executor calls ``on_rows(task, rows)`` for each finished task and ``on_fault(task, reason)`` for a task
 whose purifier broke its contract; the caller (the runner) is the only writer of the run directory. Both
-executors certify a task with the same :func:`benchbench.runner.certify_task`, so they give the same rows.
+executors certify a task with the ``certify(context, task)`` function the runner hands them (and a Ray
+worker first rebuilds the context with ``build(config, device)``), so they give the same rows. This module
+imports nothing of the runner: layers point one way.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ EXECUTORS = ("local", "ray")
 RAY_RETRIES = 3
 
 
-def run_local(context: Any, tasks: Sequence[Task], on_rows: OnRows, on_fault: OnFault,
+Certify = Callable[[Any, Task], list[dict[str, Any]]]
+
+
+def run_local(context: Any, certify: Certify, tasks: Sequence[Task], on_rows: OnRows, on_fault: OnFault,
               failed: Callable[[str], bool]) -> None:
     """Certify ``tasks`` in this process, in order; tasks of a purifier that already failed are skipped."""
-    from benchbench.runner import certify_task
-
     for task in tasks:
         if failed(task.label):
             continue
         try:
-            rows = certify_task(context, task)
+            rows = certify(context, task)
         except PluginFault as exc:
             on_fault(task, str(exc))
             continue
@@ -39,10 +42,12 @@ def run_local(context: Any, tasks: Sequence[Task], on_rows: OnRows, on_fault: On
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a Ray worker needs to rebuild the run's models: the run config and the worker's device and
-    torch threads."""
+    """What a Ray worker needs: the run config, how to build its models and certify a task (functions,
+    pickled by reference), the worker's device and torch threads."""
 
     config: Any  # benchbench.runner.RunConfig
+    build: Callable[[Any, Any], Any]
+    certify: Certify
     device: str
     threads: int
 
@@ -55,21 +60,20 @@ def _certify_remote(spec: WorkerSpec, task: Task) -> list[dict[str, Any]] | str:
     rows, or the one-line reason when the purifier broke its contract."""
     import torch
 
-    from benchbench.runner import build_context, certify_task
-
     torch.set_num_threads(spec.threads)
     key = hash((repr(spec.config), spec.device))
     if key not in _contexts:
         _contexts.clear()
-        _contexts[key] = build_context(spec.config, torch.device(spec.device))
+        _contexts[key] = spec.build(spec.config, torch.device(spec.device))
     try:
-        return certify_task(_contexts[key], task)
+        return spec.certify(_contexts[key], task)
     except PluginFault as exc:
         return str(exc)
 
 
-def run_ray(context: Any, tasks: Sequence[Task], on_rows: OnRows, on_fault: OnFault,
-            failed: Callable[[str], bool], *, address: str | None = None, threads: int = 1) -> None:
+def run_ray(context: Any, certify: Certify, tasks: Sequence[Task], on_rows: OnRows, on_fault: OnFault,
+            failed: Callable[[str], bool], *, build: Callable[[Any, Any], Any], address: str | None = None,
+            threads: int = 1) -> None:
     """Certify ``tasks`` on a Ray cluster (``address``; None starts a local one on this machine's CPUs).
 
     Each task asks for one GPU when the run's device is CUDA, else ``threads`` CPUs. Rows stream back as
@@ -91,7 +95,7 @@ def run_ray(context: Any, tasks: Sequence[Task], on_rows: OnRows, on_fault: OnFa
     gpu = context.device.type == "cuda"
     remote = ray.remote(_certify_remote).options(
         max_retries=RAY_RETRIES, retry_exceptions=False, num_gpus=1 if gpu else 0, num_cpus=0 if gpu else threads)
-    spec = ray.put(WorkerSpec(context.config, "cuda" if gpu else "cpu", threads))
+    spec = ray.put(WorkerSpec(context.config, build, certify, "cuda" if gpu else "cpu", threads))
     pending = {remote.remote(spec, task): task for task in tasks}
     try:
         while pending:

@@ -399,10 +399,10 @@ def _execute(p: Prepared) -> RunResult:
                 failures.setdefault(task.label, reason)
 
             if config.executor == "ray":
-                run_ray(p, tasks, on_rows, on_fault, failures.__contains__, address=config.address,
-                        threads=config.threads)
+                run_ray(p, certify_task, tasks, on_rows, on_fault, failures.__contains__, build=build_context,
+                        address=config.address, threads=config.threads)
             else:
-                run_local(p, tasks, on_rows, on_fault, failures.__contains__)
+                run_local(p, certify_task, tasks, on_rows, on_fault, failures.__contains__)
     finally:
         for writer in writers.values():
             writer.close()
