@@ -163,8 +163,21 @@ def certify(
     check_protocol(sigma=sigma, n0=n0, n=n, alpha=alpha)
     kwargs = dict(sigma=sigma, batch_size=batch_size, num_classes=num_classes, generator=generator)
     counts_selection = sample_counts(classify, x, n0, **kwargs)
-    c_a = int(counts_selection.argmax())
     counts_estimation = sample_counts(classify, x, n, **kwargs)
+    return certificate_from_counts(counts_selection, counts_estimation, sigma=sigma, alpha=alpha)
+
+
+def certificate_from_counts(counts_selection: np.ndarray, counts_estimation: np.ndarray, *, sigma: float,
+                            alpha: float) -> Certificate:
+    """CERTIFY's decision from its two count vectors: c_A = the top selection class (ties: the lowest);
+    abstain when the Clopper–Pearson bound p̲_A on c_A's estimation count is below 1/2, else R = σ·Φ⁻¹(p̲_A).
+
+    The two samples only have to be independent, not drawn in order, so the harness may classify them
+    in any batches (even together) and decide here."""
+    counts_selection = np.asarray(counts_selection)
+    counts_estimation = np.asarray(counts_estimation)
+    n = int(counts_estimation.sum())
+    c_a = int(counts_selection.argmax())
     pa_lower = clopper_pearson_lower(int(counts_estimation[c_a]), n, alpha)
     if pa_lower < 0.5:
         return Certificate(ABSTAIN, 0.0, pa_lower, counts_selection, counts_estimation)

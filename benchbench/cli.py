@@ -57,6 +57,19 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classifier", help="classifier reference: digits, FOLDER, hf:ID, timm:NAME[:CKPT], "
                                           "robustbench:NAME, torchscript:PATH (default: the dataset's)")
     run.add_argument("--out", help="run directory (default: results/<preset>-<dataset>-<time>)")
+    run.add_argument("--noise-device", choices=["cpu", "device"],
+                     help="draw the certification noise on the cpu (default; the same values on every machine) "
+                          "or on the run's device (faster on a GPU; the same values on one kind of device)")
+    run.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                     help="autocast purifier and classifier (default: fp32, no autocast); counts and bounds "
+                          "stay exact")
+    run.add_argument("--shard", metavar="K/N",
+                     help="certify only shard K of N (a deterministic 1/N of the work, e.g. a SLURM array task); "
+                          "combine the shards' directories with bench merge")
+    run.add_argument("--executor", choices=["local", "ray"],
+                     help="local (default): this process; ray: tasks on a Ray cluster, rows written here")
+    run.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
+    run.add_argument("--threads", type=int, help="torch threads per Ray worker on CPU (default: 1)")
     run.add_argument("--no-report", action="store_true",
                      help="write rows and the summary only; no quality, report or figures (bench report and "
                           "bench plot write them later)")
@@ -92,6 +105,12 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--distilled", default="digits", help="consistency model reference")
     evaluate.add_argument("--finetuned", default="digits", help="fine-tuned model reference ('none' to skip)")
     evaluate.add_argument("--device", default="cpu")
+
+    merge = sub.add_parser("merge", help="combine the run directories of one experiment's shards into one run")
+    merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    merge.add_argument("--out", required=True, help="new directory for the merged run")
+    merge.add_argument("--no-report", action="store_true", help="rows and summary only")
+    merge.add_argument("--device", help="torch device for quality and the image grid (default: cuda if available)")
 
     lst = sub.add_parser("list", help="list registered purifiers, datasets or classifier reference forms")
     lst.add_argument("what", choices=["purifiers", "datasets", "classifiers"])
@@ -168,11 +187,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(result.summary_markdown)
     for reason in result.failures.values():
         print(f"bench: error: {reason}; that purifier was stopped, the others ran", file=sys.stderr)
-    if len(result.failures) < len(config.purifiers) and not args.no_report:
+    if config.shard:
+        print(f"shard {config.shard}: no report; combine the shards with bench merge --out DIR SHARD_DIR...")
+    elif len(result.failures) < len(config.purifiers) and not args.no_report:
         artifacts = write_run_artifacts(result.run_dir, device=config.device, skip=result.failures)
         print(f"\n{artifacts.markdown}")
     print(f"\nwrote {result.run_dir}")
     return EXIT_FAILED if result.failures else 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchbench.artifacts import write_run_artifacts
+    from benchbench.results import format_summary, merge_runs, write_summary
+
+    out = Path(args.out)
+    merge_runs(out, [Path(d) for d in args.run_dirs])
+    print(format_summary(write_summary(out)))
+    if not args.no_report:
+        artifacts = write_run_artifacts(out, device=_device(args.device))
+        print(f"\n{artifacts.markdown}")
+    print(f"\nwrote {out}")
+    return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -323,8 +360,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "train": _cmd_train, "list": _cmd_list, "plot": _cmd_plot, "report": _cmd_report,
-            "quality": _cmd_quality, "compare": _cmd_compare, "evaluate": _cmd_evaluate, "import": _cmd_import}
+COMMANDS = {"run": _cmd_run, "merge": _cmd_merge, "train": _cmd_train, "list": _cmd_list, "plot": _cmd_plot,
+            "report": _cmd_report, "quality": _cmd_quality, "compare": _cmd_compare, "evaluate": _cmd_evaluate,
+            "import": _cmd_import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

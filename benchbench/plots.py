@@ -53,7 +53,13 @@ def _save(fig: Figure, out: Path | str, formats: Sequence[str]) -> list[Path]:
     paths = []
     for fmt in formats:
         path = out.with_suffix("." + fmt)
-        fig.savefig(path, format=fmt, bbox_inches="tight")
+        # Through a temporary file and a rename: an interrupted plot leaves the previous figure intact.
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            fig.savefig(tmp, format=fmt, bbox_inches="tight")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         paths.append(path)
     return paths
 

@@ -35,15 +35,15 @@ DEFAULT_BATCH = 1000
 
 
 def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: int,
-                 n0: int | None = None, n: int | None = None) -> torch.Tensor:
+                 n0: int | None = None, n: int | None = None, noise_device: str = "cpu") -> torch.Tensor:
     """The first ``copies`` noisy copies of image ``idx`` that certification drew at σ: (copies, *x.shape).
 
     Given the run's ``n0`` and ``n`` (copies ≤ n0 + n) they are exactly certification's draws, whatever the
     image size (certification draws fixed blocks, selection then estimation). Without them ``copies`` are
     drawn as one stream, which gives the same values whenever copies ≤ 64 and the image has a multiple of
-    16 values (torch's CPU normal sampler fills 16 at a time).
+    16 values (torch's CPU normal sampler fills 16 at a time). ``noise_device``: where the run drew it.
     """
-    gen = noise_generator(seed, idx, sigma)
+    gen = noise_generator(seed, idx, sigma, device=noise_device)
     if n0 is None:
         return next(noisy_batches(x, copies, sigma=sigma, batch_size=copies, generator=gen))
     total = n0 + (n if n is not None else copies)
@@ -80,7 +80,8 @@ def purify_copies(purifier: Purifier, label: str, noisy: torch.Tensor, sigma: fl
 def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Module, images: torch.Tensor,
                     labels: torch.Tensor, indices: Sequence[int], sigmas: Sequence[float], *, seed: int,
                     copies: int = DEFAULT_COPIES, distance: Distance | None = None,
-                    n0: int | None = None, n: int | None = None, batch_size: int = DEFAULT_BATCH) -> pd.DataFrame:
+                    n0: int | None = None, n: int | None = None, batch_size: int = DEFAULT_BATCH,
+                    noise_device: str = "cpu") -> pd.DataFrame:
     """One row per (purifier label, σ), purifiers in mapping order and σ as given: ``purifier sigma images
     copies mse [distance] label_kept``. ``images[idx]`` is a clean image in [0, 1], ``labels[idx]`` its
     class; ``distance`` gets the purified copies and the clean image repeated, both in [0, 1] image scale
@@ -98,7 +99,8 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
             mse, dist, kept = [], [], []
             for idx in indices:
                 x = images[idx].to(device)
-                noisy = noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0, n=n)
+                noisy = noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0, n=n,
+                                     noise_device=noise_device)
                 for start in range(0, copies, batch_size):
                     purified = purify_copies(purifier, label, noisy[start:start + batch_size], sigma, seed=seed,
                                              idx=idx, first_copy=start)
@@ -161,7 +163,8 @@ def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpi
         distance = perceptual_distance(name, exp["dataset"], device)
     table = measure_quality(purifiers, classifier, test.images, test.labels, exp["image_indices"], exp["sigmas"],
                             seed=exp["seed"], copies=copies, distance=distance, n0=exp["n0"], n=exp["n"],
-                            batch_size=int(config.get("environment", {}).get("batch_size") or DEFAULT_BATCH))
+                            batch_size=int(config.get("environment", {}).get("batch_size") or DEFAULT_BATCH),
+                            noise_device=device if exp.get("noise_device", "cpu") != "cpu" else "cpu")
     if name is not None:
         table["distance_name"] = name
     write_atomic(run_dir / QUALITY_FILE, table.to_csv(index=False))

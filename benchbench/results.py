@@ -258,14 +258,7 @@ class RowWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         row = {**row, "purifier": self.entry["purifier"], "sigma": float(self.entry["sigma"])}
-        fields = []
-        for col in COLUMNS:
-            value = row[col]
-            if col == "sigma":
-                fields.append(repr(value))
-            else:
-                fields.append(f"{value:.6g}" if isinstance(value, float) else str(value))
-        self._fh.write("\t".join(fields) + "\n")
+        self._fh.write("\t".join(_field(col, row[col]) for col in COLUMNS) + "\n")
         self._fh.flush()
         self.done.add(int(row["idx"]))
 
@@ -331,3 +324,64 @@ def format_summary(summary: pd.DataFrame) -> str:
     shown["sec_per_image"] = shown["sec_per_image"].map(lambda s: float(f"{s:.3g}") if math.isfinite(s) else s)
     shown["nfe"] = shown["nfe"].round(2)
     return shown.to_markdown(index=False)
+
+
+def merge_runs(out: Path, run_dirs: list[Path]) -> dict[str, Any]:
+    """Combine run directories of one experiment (the shards of ``--shard K/N``) into ``out``.
+
+    Refuses, writing nothing, when the experiments differ, a row is bad, or two directories hold different
+    rows for one (purifier, σ, image) (identical rows apart from ``time`` are kept once). ``out`` must be
+    new or empty. Rows are written in run order (image order within each file); the config's environment
+    lists each source's environment. Returns the config written.
+    """
+    if not run_dirs:
+        raise InvalidArgument("bench merge needs at least one run directory")
+    configs = [read_config(d) for d in run_dirs]
+    base = configs[0]
+    for d, c in zip(run_dirs[1:], configs[1:]):
+        diffs = _diff(base["experiment"], c["experiment"])
+        if diffs:
+            raise RunConflict(f"{d} holds a different experiment than {run_dirs[0]} ({'; '.join(diffs[:2])}); "
+                              "only shards of one run can be merged")
+        if [(f["purifier"], f["sigma"], f["file"]) for f in c["files"]] != \
+                [(f["purifier"], f["sigma"], f["file"]) for f in base["files"]]:
+            raise RunConflict(f"{d} lists other files than {run_dirs[0]}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunConflict(f"{out} exists and is not empty; choose a new directory to merge into")
+    order = {idx: k for k, idx in enumerate(base["experiment"]["image_indices"])}
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for entry in base["files"]:
+        rows: dict[int, dict[str, Any]] = {}
+        for d in run_dirs:
+            for row in read_tsv(d / entry["file"], entry, base["experiment"]).rows.to_dict("records"):
+                old = rows.get(int(row["idx"]))
+                if old is not None and {k: v for k, v in old.items() if k != "time"} != \
+                        {k: v for k, v in row.items() if k != "time"}:
+                    raise RunConflict(f"{entry['file']}: image {row['idx']} has different rows in two directories")
+                rows.setdefault(int(row["idx"]), row)
+        merged[entry["file"]] = sorted(rows.values(), key=lambda r: order[int(r["idx"])])
+    config = {"experiment": base["experiment"],
+              "environment": {"merged_from": [{"dir": str(d), **c.get("environment", {})}
+                                              for d, c in zip(run_dirs, configs)]},
+              "files": base["files"]}
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    for entry in base["files"]:
+        lines = ["\t".join(COLUMNS)]
+        for row in merged[entry["file"]]:
+            row = {**row, "purifier": entry["purifier"], "sigma": float(entry["sigma"])}
+            lines.append("\t".join(_field(col, row[col]) for col in COLUMNS))
+        write_atomic(out / entry["file"], "\n".join(lines) + "\n")
+    return config
+
+
+def _field(col: str, value: Any) -> str:
+    """One TSV field as :class:`RowWriter` writes it (integers plain, floats to 6 significant digits, σ
+    exactly)."""
+    if col == "sigma":
+        return repr(float(value))
+    if col in _INT_COLUMNS:
+        return str(int(value))
+    if col == "purifier":
+        return str(value)
+    return f"{float(value):.6g}"

@@ -22,12 +22,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from benchbench.certify import ABSTAIN, certify, check_protocol, noisy_batches
+from benchbench.certify import ABSTAIN, certificate_from_counts, certification_batches, check_protocol, \
+    noisy_batches
 from benchbench.data import ImageDataset, dataset_info, default_data_dir, get_dataset
 from benchbench.environment import environment
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError
+from benchbench.executors import EXECUTORS, run_local, run_ray
+from benchbench.lock import RunLock, check_unlocked
 from benchbench.models.store import fingerprint, load_classifier
 from benchbench.nfe import ForwardCounter
+from benchbench.plan import Shard, Task, images_per_task, make_tasks, shard_units, units
 from benchbench.presets import preset_values
 from benchbench.registry import Purifier, PurifierSpec, get_purifier, parse_purifier_list
 from benchbench.resources import ActivationMeter, check_batch_memory, check_device, check_output_location
@@ -35,6 +39,9 @@ from benchbench.results import NOISE_SCHEME, RowWriter, check_run_dir, format_su
     write_summary
 from benchbench.seeding import CopyNoise, check_seed, noise_generator, sigma_key
 from benchbench.validate import OutputError, check_logits, checked_purify, majority_vote
+
+NOISE_DEVICES = ("cpu", "device")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -57,6 +64,12 @@ class RunConfig:
     preset: str = "custom"
     data_dir: str | None = None    # where the dataset's files live (default: $BENCH_DATA_DIR or ./data)
     download: bool = False         # let a dataset fetch its files when they are missing
+    noise_device: str = "cpu"  # where certification noise is drawn: "cpu" or "device" (the run's device)
+    precision: str = "fp32"  # autocast of purifier and classifier: fp32 (none), bf16 or fp16
+    shard: str | None = None  # "K/N": run only that deterministic part of the units
+    executor: str = "local"  # "local" or "ray"
+    address: str | None = None  # Ray cluster address (None: a local cluster)
+    threads: int = 1  # torch threads per Ray worker on CPU
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)  # unknown dataset → UnknownName
@@ -81,6 +94,16 @@ class RunConfig:
             check_seed(self.seed)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
+        if self.noise_device not in NOISE_DEVICES:
+            raise InvalidArgument(f"noise-device must be one of {', '.join(NOISE_DEVICES)}, got {self.noise_device!r}")
+        if self.precision not in PRECISIONS:
+            raise InvalidArgument(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.shard is not None:
+            Shard.parse(self.shard)
+        if self.executor not in EXECUTORS:
+            raise InvalidArgument(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.threads < 1:
+            raise InvalidArgument(f"threads must be >= 1, got {self.threads}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
@@ -94,6 +117,9 @@ class RunConfig:
             values["sigmas"] = tuple(_parse_float(s, "sigma") for s in args.sigmas.split(",") if s.strip())
         values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         values["download"] = bool(getattr(args, "download", False))
+        for key in ("noise_device", "precision", "shard", "executor", "address", "threads"):
+            if getattr(args, key, None) is not None:
+                values[key] = getattr(args, key)
         return cls(purifiers=parse_purifier_list(args.purifiers), preset=args.preset, **values)
 
     def image_indices(self, test_size: int) -> list[int]:
@@ -152,8 +178,8 @@ class RunResult:
 
 
 @dataclass
-class Prepared:
-    """A run with every check passed and nothing written yet."""
+class Context:
+    """The models and data a run certifies with, on one device: what a task needs, wherever it runs."""
 
     config: RunConfig
     device: torch.device
@@ -162,19 +188,25 @@ class Prepared:
     classifier: torch.nn.Module
     classifier_ref: str
     purifiers: dict[str, Purifier]
-    run_dir: Path
-    run_config: dict[str, Any]
-    resumed: bool
+
+    @property
+    def noise_device(self) -> torch.device:
+        return self.device if self.config.noise_device == "device" else torch.device("cpu")
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Build and check everything a run needs, writing nothing: raises a BenchError on the first problem."""
-    device = check_device(config.device)
+@dataclass
+class Prepared(Context):
+    """A run with every check passed and nothing written yet."""
+
+    run_dir: Path = Path()
+    run_config: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+
+def build_context(config: RunConfig, device: torch.device) -> Context:
+    """Load the dataset, the classifier and every purifier of ``config`` on ``device``."""
     info = dataset_info(config.dataset)
     test = get_dataset(config.dataset, "test", data_dir=config.data_dir, download=config.download)
-    indices = config.image_indices(len(test))
-    run_dir = Path(config.out or f"results/{config.preset}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_output_location(run_dir)
     classifier_ref = config.classifier or info.default_classifier
     if classifier_ref is None:
         raise InvalidArgument(f"dataset {config.dataset!r} has no default classifier; pass --classifier")
@@ -187,6 +219,16 @@ def prepare(config: RunConfig) -> Prepared:
     }
     for label, purifier in purifiers.items():
         check_purifier(purifier, label, test)
+    return Context(config, device, test, config.image_indices(len(test)), classifier, classifier_ref, purifiers)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Build and check everything a run needs, writing nothing: raises a BenchError on the first problem."""
+    device = check_device(config.device)
+    run_dir = Path(config.out or f"results/{config.preset}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_location(run_dir)
+    check_unlocked(run_dir)
+    ctx = build_context(config, device)
     files = [
         {"purifier": spec.label, "sigma": sigma, "file": tsv_name(spec.label, sigma)}
         for spec in config.purifiers
@@ -195,11 +237,11 @@ def prepare(config: RunConfig) -> Prepared:
     experiment = {
         "dataset": config.dataset,
         "split": "test",
-        "image_indices": indices,
-        "num_classes": test.num_classes,
+        "image_indices": ctx.indices,
+        "num_classes": ctx.test.num_classes,
         "purifiers": [
             {"label": s.label, "name": s.name, "params": s.params,
-             "model": getattr(purifiers[s.label], "fingerprint", None)}
+             "model": getattr(ctx.purifiers[s.label], "fingerprint", None)}
             for s in config.purifiers
         ],
         "sigmas": list(config.sigmas),
@@ -208,24 +250,32 @@ def prepare(config: RunConfig) -> Prepared:
         "alpha": config.alpha,
         "seed": config.seed,
         "noise": NOISE_SCHEME,
-        "classifier": {"ref": classifier_ref,
-                       "fingerprint": getattr(classifier, "fingerprint", None)
-                       or fingerprint(classifier_ref, "classifier")},
+        # Both change noise values or network outputs, so rows computed otherwise must not be mixed in.
+        "noise_device": ctx.noise_device.type,
+        "precision": config.precision,
+        "classifier": {"ref": ctx.classifier_ref,
+                       "fingerprint": getattr(ctx.classifier, "fingerprint", None)
+                       or fingerprint(ctx.classifier_ref, "classifier")},
         # what the data is (e.g. the official release or not); where it lies is environment, not experiment
-        "data": {k: v for k, v in test.meta.items() if k != "source"},
+        "data": {k: v for k, v in ctx.test.meta.items() if k != "source"},
     }
-    run_config = {"experiment": experiment,
-                  "environment": environment(device, preset=config.preset, batch_size=config.batch_size,
-                                                 data_dir=str(Path(config.data_dir or default_data_dir()).resolve()),
-                                                 data_source=test.meta.get("source")),
-                  "files": files}
+    extra: dict[str, Any] = {"preset": config.preset, "batch_size": config.batch_size, "executor": config.executor,
+                             "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
+                             "data_source": ctx.test.meta.get("source")}
+    if config.shard:
+        extra["shard"] = str(Shard.parse(config.shard))
+    run_config = {"experiment": experiment, "environment": environment(device, **extra), "files": files}
     resumed = check_run_dir(run_dir, run_config)
-    prepared = Prepared(config, device, test, indices, classifier, classifier_ref, purifiers, run_dir, run_config,
-                        resumed)
+    p = Prepared(**vars(ctx), run_dir=run_dir, run_config=run_config, resumed=resumed)
     for spec in config.purifiers:
         for sigma in config.sigmas:
-            _preflight(prepared, spec.label, sigma)
-    return prepared
+            _preflight(p, spec.label, sigma)
+    return p
+
+
+def _autocast(ctx: Context):
+    dtype = PRECISIONS[ctx.config.precision]
+    return torch.autocast(ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def _preflight(p: Prepared, label: str, sigma: float) -> None:
@@ -233,44 +283,51 @@ def _preflight(p: Prepared, label: str, sigma: float) -> None:
     outputs against their contract, and the memory a full batch needs. Any failure refuses the run."""
     idx = p.indices[0]
     x = p.test.images[idx].to(p.device)
-    batch = next(noisy_batches(x, 2, sigma=sigma, batch_size=2, generator=noise_generator(p.config.seed, idx, sigma)))
+    gen = noise_generator(p.config.seed, idx, sigma, device=p.noise_device)
+    batch = next(noisy_batches(x, 2, sigma=sigma, batch_size=2, generator=gen))
     purifier = p.purifiers[label]
     try:
-        with ActivationMeter([*purifier.networks, p.classifier]) as meter, torch.no_grad():
-            _classify(p, label, sigma, batch, idx, range(2))
+        with ActivationMeter([*purifier.networks, p.classifier]) as meter, torch.inference_mode():
+            _classify(p, label, sigma, batch, [idx, idx], [0, 1])
     except PluginFault as exc:
         raise InvalidArgument(f"{exc} (checked before the run; nothing written)") from exc
-    rows = min(p.config.batch_size, max(p.config.n0, p.config.n))
+    rows = min(p.config.batch_size, max(p.config.n0, p.config.n) * images_per_task(p.config.n0, p.config.n,
+                                                                                    p.config.batch_size))
     harness = 4 * x.numel() * x.element_size() * getattr(purifier, "votes", 1)  # noise, noisy, purified copies
     check_batch_memory(meter.peak // 2 + harness, rows, p.device, f"purifier {label!r} at σ={sigma:g}")
 
 
-def _classify(p: Prepared, label: str, sigma: float, batch: torch.Tensor, idx: int, copies: range) -> torch.Tensor:
-    """Labels (B,) of the smoothed pipeline for noisy copies ``copies`` of image ``idx``: purify (with the
-    copies' own noise when stochastic), check, classify, check, vote."""
-    purifier = p.purifiers[label]
+def _classify(ctx: Context, label: str, sigma: float, batch: torch.Tensor, idx: list[int],
+              copies: list[int]) -> torch.Tensor:
+    """Labels (B,) of the smoothed pipeline for a batch whose row j is noisy copy ``copies[j]`` of image
+    ``idx[j]``: purify (with each copy's own noise when stochastic), check, classify, check, vote."""
+    purifier = ctx.purifiers[label]
     votes = getattr(purifier, "votes", 1)
-    noise = CopyNoise.for_copies(p.config.seed, sigma, idx, copies) if getattr(purifier, "stochastic", False) \
-        else None
-    where = f"purifier {label!r} at σ={sigma:g}, image {idx}"
+    noise = CopyNoise(ctx.config.seed, sigma, idx, copies) if getattr(purifier, "stochastic", False) else None
+
+    def where(row: int | None) -> str:
+        return f"purifier {label!r} at σ={sigma:g}, image {idx[row or 0]}"
+
+    with _autocast(ctx):
+        try:
+            out = checked_purify(purifier, batch, sigma, noise)
+        except OutputError as exc:
+            raise PluginFault(f"{where(exc.row)}: {exc.reason}") from None
+        except Exception as exc:  # a plugin's bug or refusal: one line naming it, the σ and the image
+            _raise_if_oom(exc, where(None))
+            raise PluginFault(f"{where(None)} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        try:
+            logits = ctx.classifier(out)
+        except Exception as exc:
+            _raise_if_oom(exc, where(None))
+            raise PluginFault(f"classifier {ctx.classifier_ref!r} on {where(None)} raised {type(exc).__name__}: "
+                              f"{_first_line(exc)}") from exc
     try:
-        out = checked_purify(purifier, batch, sigma, noise)
+        logits = check_logits(logits, len(out), ctx.test.num_classes)
     except OutputError as exc:
-        raise PluginFault(f"{where}: {exc.reason}") from None
-    except Exception as exc:  # a plugin's bug or refusal: one line naming it, the σ and the image
-        _raise_if_oom(exc, where)
-        raise PluginFault(f"{where} raised {type(exc).__name__}: {_first_line(exc)}") from exc
-    try:
-        logits = p.classifier(out)
-    except Exception as exc:
-        _raise_if_oom(exc, where)
-        raise PluginFault(f"classifier {p.classifier_ref!r} on {where} raised {type(exc).__name__}: "
-                          f"{_first_line(exc)}") from exc
-    try:
-        logits = check_logits(logits, len(out), p.test.num_classes)
-    except OutputError as exc:
-        raise PluginFault(f"classifier {p.classifier_ref!r} on {where}: {exc.reason}") from None
-    return majority_vote(logits.argmax(1), votes, p.test.num_classes)
+        row = None if exc.row is None else exc.row // votes
+        raise PluginFault(f"classifier {ctx.classifier_ref!r} on {where(row)}: {exc.reason}") from None
+    return majority_vote(logits.argmax(1), votes, ctx.test.num_classes)
 
 
 def _raise_if_oom(exc: BaseException, where: str) -> None:
@@ -287,70 +344,114 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else "(no message)"
 
 
+def certify_task(ctx: Context, task: Task) -> list[dict[str, Any]]:
+    """The rows of one task: Cohen et al.'s CERTIFY for each of its images, their noisy copies packed
+    together into batches of the run's batch size (so a small n still fills a batch).
+
+    Each image's n0 + n copies are the ones :func:`benchbench.certify.certify` would draw from its
+    generator (the same blocks), and a stochastic purifier's noise is keyed per copy, so the counts are
+    those of certifying the images one by one, in any packing. ``time`` is the task's seconds split evenly
+    over its images; ``nfe`` the task's network rows per noisy sample.
+    """
+    config = ctx.config
+    per_image = config.n0 + config.n
+    counts = {idx: [torch.zeros(ctx.test.num_classes, dtype=torch.int64) for _ in range(2)] for idx in task.indices}
+
+    def pieces():
+        """(image, phase, first copy, noisy copies) in order, each piece at most a batch."""
+        for idx in task.indices:
+            x = ctx.test.images[idx].to(ctx.device)
+            gen = noise_generator(config.seed, idx, task.sigma, device=ctx.noise_device)
+            copy = 0
+            for batch in certification_batches(x, sigma=task.sigma, n0=config.n0, n=config.n,
+                                               batch_size=config.batch_size, generator=gen):
+                yield idx, int(copy >= config.n0), copy, batch
+                copy += len(batch)
+
+    def flush(parts: list) -> None:
+        batch = torch.cat([b for *_, b in parts]) if len(parts) > 1 else parts[0][3]
+        rows_idx = [i for i, _, _, b in parts for _ in range(len(b))]
+        rows_copy = [c + k for _, _, c, b in parts for k in range(len(b))]
+        labels = _classify(ctx, task.label, task.sigma, batch, rows_idx, rows_copy).to("cpu", torch.int64)
+        start = 0
+        for idx, phase, _, b in parts:
+            counts[idx][phase] += torch.bincount(labels[start : start + len(b)], minlength=ctx.test.num_classes)
+            start += len(b)
+
+    start_time = time.perf_counter()
+    with ForwardCounter(ctx.purifiers[task.label].networks) as counter, torch.inference_mode():
+        parts: list = []
+        have = 0
+        for idx, phase, copy, batch in pieces():
+            while len(batch):
+                take = min(len(batch), config.batch_size - have)
+                parts.append((idx, phase, copy, batch[:take]))
+                have += take
+                batch, copy = batch[take:], copy + take
+                if have == config.batch_size:
+                    flush(parts)
+                    parts, have = [], 0
+        if parts:
+            flush(parts)
+    seconds = (time.perf_counter() - start_time) / len(task.indices)
+    nfe = counter.rows / (per_image * len(task.indices))
+    rows = []
+    for idx in task.indices:
+        true_label = int(ctx.test.labels[idx])
+        cert = certificate_from_counts(counts[idx][0].numpy(), counts[idx][1].numpy(), sigma=task.sigma,
+                                       alpha=config.alpha)
+        rows.append({"idx": idx, "label": true_label, "predict": cert.prediction, "radius": cert.radius,
+                     "correct": int(cert.prediction == true_label and cert.prediction != ABSTAIN),
+                     "time": seconds, "pa_lower": cert.pa_lower, "nfe": nfe, "n": config.n})
+    return rows
+
+
 def run(config: RunConfig) -> RunResult:
-    """Certify every (purifier, σ, image), write the run directory, and return its summary.
+    """Certify every (purifier, σ, image) of the config (of its shard, with ``shard``), write the run
+    directory, and return its summary. One process writes; the executor may certify anywhere.
 
     A purifier that breaks its contract mid-run is stopped (its reason in ``failures``); the others go on.
     """
     p = prepare(config)
-    open_run_dir(p.run_dir, p.run_config)
+    open_run_dir(p.run_dir, p.run_config)  # every check has passed: now the directory may be created
+    with RunLock(p.run_dir):
+        return _execute(p)
+
+
+def _execute(p: Prepared) -> RunResult:
+    config = p.config
     experiment = p.run_config["experiment"]
+    # Re-check under the lock: rows may have been added since prepare() read them.
+    check_run_dir(p.run_dir, p.run_config)
     writers = {(f["purifier"], f["sigma"]): RowWriter(p.run_dir / f["file"], f, experiment)
                for f in p.run_config["files"]}
     failures: dict[str, str] = {}
+    shard = Shard.parse(config.shard) if config.shard else None
+    todo = [u for u in shard_units(units([s.label for s in config.purifiers], config.sigmas, p.indices), shard)
+            if u[2] not in writers[(u[0], u[1])].done]
+    tasks = make_tasks(todo, images_per_task(config.n0, config.n, config.batch_size))
     try:
-        todo = sum(len(set(p.indices) - w.done) for w in writers.values())
         # disable=None: no progress bar when stderr is not a terminal (logs, tests, pipes).
-        with tqdm(total=todo, desc="certify", unit="img", dynamic_ncols=True, disable=None) as bar:
-            for spec in config.purifiers:
-                for sigma in config.sigmas:
-                    writer = writers[(spec.label, sigma)]
-                    bar.set_postfix_str(f"{spec.label} σ={sigma:g}")
-                    for idx in p.indices:
-                        if spec.label in failures:
-                            break
-                        if idx in writer.done:
-                            continue
-                        try:
-                            writer.write(_certify_one(p, spec.label, idx, sigma))
-                        except PluginFault as exc:
-                            failures[spec.label] = str(exc)
-                        bar.update(1)
+        with tqdm(total=len(todo), desc="certify", unit="img", dynamic_ncols=True, disable=None) as bar:
+
+            def on_rows(task: Task, rows: list[dict[str, Any]]) -> None:
+                writer = writers[(task.label, task.sigma)]
+                for row in rows:
+                    if row["idx"] not in writer.done:  # a retried task never writes a row twice
+                        writer.write(row)
+                bar.set_postfix_str(f"{task.label} σ={task.sigma:g}")
+                bar.update(len(rows))
+
+            def on_fault(task: Task, reason: str) -> None:
+                failures.setdefault(task.label, reason)
+
+            if config.executor == "ray":
+                run_ray(p, certify_task, tasks, on_rows, on_fault, failures.__contains__, build=build_context,
+                        address=config.address, threads=config.threads)
+            else:
+                run_local(p, certify_task, tasks, on_rows, on_fault, failures.__contains__)
     finally:
         for writer in writers.values():
             writer.close()
     summary = write_summary(p.run_dir)
     return RunResult(p.run_dir, p.resumed, format_summary(summary), failures)
-
-
-def _certify_one(p: Prepared, label: str, idx: int, sigma: float) -> dict[str, Any]:
-    config = p.config
-    x = p.test.images[idx].to(p.device)
-    true_label = int(p.test.labels[idx])
-    drawn = 0  # certification draws its copies in order: selection 0 … n0−1, then estimation n0 … n0+n−1
-
-    @torch.no_grad()
-    def classify(batch: torch.Tensor) -> torch.Tensor:
-        nonlocal drawn
-        labels = _classify(p, label, sigma, batch, idx, range(drawn, drawn + len(batch)))
-        drawn += len(batch)
-        return labels
-
-    start = time.perf_counter()
-    with ForwardCounter(p.purifiers[label].networks) as counter:
-        cert = certify(classify, x, sigma=sigma, n0=config.n0, n=config.n, alpha=config.alpha,
-                       batch_size=config.batch_size, num_classes=p.test.num_classes,
-                       generator=noise_generator(config.seed, idx, sigma))
-    seconds = time.perf_counter() - start
-    return {
-        "idx": idx,
-        "label": true_label,
-        "predict": cert.prediction,
-        "radius": cert.radius,
-        "correct": int(cert.prediction == true_label and cert.prediction != ABSTAIN),
-        "time": seconds,
-        "pa_lower": cert.pa_lower,
-        "nfe": counter.rows / (config.n0 + config.n),
-        "n": config.n,
-    }
-

@@ -103,7 +103,9 @@ def test_a_broken_purifier_is_refused_before_anything_is_written(tmp_path, name,
 
 def test_a_purifier_failing_mid_run_is_stopped_and_the_others_finish(tmp_path):
     out = tmp_path / "run"
-    proc = bench("run", "--purifiers", "late-nan,clamp", *TINY[:-1], "--out", str(out), real=True)
+    # Batch 12 = n0 + n: one image per task and batch, so the pre-run check and image 0 are calls 1 and 2.
+    proc = bench("run", "--purifiers", "late-nan,clamp", *TINY[:-1], "--batch-size", "12", "--out", str(out),
+                 real=True)
     line = one_line(proc)
     assert proc.returncode == 1
     assert "purifier 'late-nan' at σ=0.5, image 225: returned NaN" in line and "was stopped" in line
