@@ -334,7 +334,7 @@ def test_train_distill_and_finetune_on_cifar10_with_a_local_teacher(world, tmp_p
     assert manifest["metrics"]["seconds_per_step"] > 0
     assert main(["train", "finetune", "--base", str(tmp_path / "cd"), "--out", str(tmp_path / "ft"), *common]) == 0
     purifier = get_purifier("consistency-ft", model=str(tmp_path / "ft"))
-    assert purifier(torch.rand(2, 3, 32, 32), 0.5).shape == (2, 3, 32, 32)
+    assert purifier(torch.rand(2, 3, 32, 32), 0.5, CopyNoise.for_copies(0, 0.5, 0, range(2))).shape == (2, 3, 32, 32)
     # a teacher whose images are not the dataset's: refused before anything is written
     assert main(["train", "distill", "--teacher", "digits", "--out", str(tmp_path / "bad"), *common]) == 2
     assert not (tmp_path / "bad").exists()
