@@ -47,15 +47,19 @@ def _build_parser() -> argparse.ArgumentParser:
     tsub = train.add_subparsers(dest="what", required=True, parser_class=_Parser)
     helps = {"classifier": "the classifier, on clean images", "ddpm": "the DDPM",
              "distill": "a consistency model, distilled from the DDPM's PF-ODE",
-             "finetune": "Consistency Fine-tuning of a distilled model with an LPIPS loss"}
+             "finetune": "Consistency Fine-tuning of a distilled model with an LPIPS loss",
+             "perceptual": "the perceptual feature network of the digits LPIPS-style distance (SimCLR, no labels)"}
     for what, text in helps.items():
         t = tsub.add_parser(what, help=f"train {text}")
         t.add_argument("--out", required=True, help="new folder to write the model to")
-        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--seed", type=int, help="training seed (default: the config's: 0, or 7 for perceptual)")
         t.add_argument("--device", default="cpu")
         t.add_argument("--dataset", default="digits")
         if what == "classifier":
             t.add_argument("--epochs", type=int, help="passes over the training set")
+            t.add_argument("--noise-sd", type=float, default=0.0,
+                           help="train under Gaussian noise of this σ (image scale; Cohen et al.'s baseline "
+                                "classifier for σ); default 0: clean images")
         else:
             t.add_argument("--steps", type=int, help="optimiser steps")
         if what in ("distill", "finetune"):
@@ -65,6 +69,11 @@ def _build_parser() -> argparse.ArgumentParser:
             t.add_argument("--teacher", help="DDPM reference (default: the dataset's)")
         if what == "finetune":
             t.add_argument("--base", help="distilled consistency model reference (default: the dataset's)")
+            t.add_argument("--anchor-weight", type=float,
+                           help="weight of the anchor term toward the distilled model at the levels not "
+                                "fine-tuned (default 0: Li et al.'s objective alone; 2 = the former default)")
+            t.add_argument("--sigma-mode", choices=["exact", "nearest", "topup"],
+                           help="how f is called at 2σ, as the purifier will (default: exact)")
 
     evaluate = sub.add_parser("evaluate", help="measure the consistency models against the issue's criteria")
     evaluate.add_argument("what", choices=["consistency"])
@@ -192,32 +201,44 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
+    import math
+
+    from benchbench.errors import InvalidArgument
 
     if args.what == "classifier":
         from benchbench.train.classifier import ClassifierConfig, train_classifier
 
-        cfg = ClassifierConfig(dataset=args.dataset, seed=args.seed)
-        if args.epochs is not None:
-            cfg.epochs = args.epochs
+        if not (args.noise_sd >= 0 and math.isfinite(args.noise_sd)):
+            raise InvalidArgument(f"--noise-sd must be a finite number >= 0, got {args.noise_sd}")
+        cfg = ClassifierConfig(dataset=args.dataset, noise_sd=args.noise_sd)
+        _override(cfg, epochs=args.epochs, seed=args.seed)
         manifest = train_classifier(args.out, cfg, device=args.device)
     elif args.what == "ddpm":
         from benchbench.train.ddpm import DDPMConfig, train_ddpm
 
-        cfg = DDPMConfig(dataset=args.dataset, seed=args.seed)
-        if args.steps is not None:
-            cfg.steps = args.steps
+        cfg = DDPMConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed)
         manifest = train_ddpm(args.out, cfg, device=args.device)
+    elif args.what == "perceptual":
+        from benchbench.train.perceptual import PerceptualConfig, train_perceptual
+
+        cfg = PerceptualConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed)
+        manifest = train_perceptual(args.out, cfg, device=args.device)
     elif args.what == "distill":
         from benchbench.train.distill import DistillConfig, train_distill
 
-        cfg = DistillConfig(dataset=args.dataset, seed=args.seed)
-        _override(cfg, steps=args.steps, distance=args.distance, teacher=args.teacher)
+        cfg = DistillConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed, distance=args.distance, teacher=args.teacher)
         manifest = train_distill(args.out, cfg, device=args.device)
     else:
         from benchbench.train.finetune import FinetuneConfig, train_finetune
 
-        cfg = FinetuneConfig(dataset=args.dataset, seed=args.seed)
-        _override(cfg, steps=args.steps, distance=args.distance, base=args.base)
+        cfg = FinetuneConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed, distance=args.distance, base=args.base,
+                  anchor_weight=args.anchor_weight, sigma_mode=args.sigma_mode)
+        if cfg.anchor_weight < 0 or not math.isfinite(cfg.anchor_weight):
+            raise InvalidArgument(f"--anchor-weight must be a finite number >= 0, got {cfg.anchor_weight}")
         manifest = train_finetune(args.out, cfg, device=args.device)
     print(json.dumps(manifest["metrics"], indent=2))
     print(f"wrote {args.out} in {manifest['train_seconds']} s")

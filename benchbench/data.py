@@ -2,8 +2,10 @@
 
 The embedded default is ``digits``: scikit-learn's copy of the UCI optical handwritten digits (1,797 real
 8×8 grey images, 16 grey levels, 10 classes), shipped inside scikit-learn so it needs no download.
-Its split is fixed: ``numpy.random.RandomState(0).permutation(1797)``; the first 1,347 indices are
-``train``, the last 450 are ``test`` (the legacy RandomState stream is stable across numpy versions).
+Its split is fixed: ``numpy.random.RandomState(0).permutation(1797)``; of the first 1,347 indices (the
+former training set) the first 1,147 are ``train`` and the last 200 are ``val``; the last 450 are ``test``
+(the legacy RandomState stream is stable across numpy versions). Every model is trained on ``train``; every
+acceptance check, hyper-parameter and stopping choice is made on ``val``; only ``bench run`` reads ``test``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from benchbench.errors import InvalidArgument, UnknownName
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def get_dataset(name: str, split: str) -> ImageDataset:
     return dataset_info(name).loader(split)
 
 
-DIGITS_TRAIN_SIZE = 1347
+DIGITS_TRAIN_SIZE = 1347  # train + val: the test set is the remaining 450
+DIGITS_VAL_SIZE = 200      # the last 200 of those 1,347 indices
 
 
 @register_dataset("digits", default_classifier="digits", default_ddpm="digits")
@@ -87,7 +90,8 @@ def load_digits(split: str) -> ImageDataset:
 
     bunch = sk_load_digits()
     order = np.random.RandomState(0).permutation(len(bunch.target))
-    idx = order[:DIGITS_TRAIN_SIZE] if split == "train" else order[DIGITS_TRAIN_SIZE:]
+    cut = DIGITS_TRAIN_SIZE - DIGITS_VAL_SIZE
+    idx = {"train": order[:cut], "val": order[cut:DIGITS_TRAIN_SIZE], "test": order[DIGITS_TRAIN_SIZE:]}[split]
     images = torch.from_numpy(bunch.images[idx].astype(np.float32) / 16.0).unsqueeze(1)
     labels = torch.from_numpy(bunch.target[idx].astype(np.int64))
     return ImageDataset("digits", split, images, labels, 10)

@@ -319,7 +319,7 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
 
     from benchbench.data import get_dataset
     from benchbench.quality import noisy_copies
-    from benchbench.runner import seed_purifier
+    from benchbench.runner import purify_copies, seed_purifier
     from benchbench.registry import get_purifier
 
     test = get_dataset(dataset, "test")
@@ -338,7 +338,8 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
                 outs = []
                 for k, idx in enumerate(indices):
                     seed_purifier(purifier, seed=seed, idx=idx, sigma=s)
-                    outs.append(purifier(noisy[s][k : k + 1].to(device), s).cpu())
+                    # The first sample (of `votes`) of the first copy.
+                    outs.append(purify_copies(purifier, noisy[s][k : k + 1].to(device), s, seed=seed, idx=idx)[:1].cpu())
                 purified[spec.label][s] = torch.cat(outs)
     return {"indices": list(indices), "sigmas": list(sigmas), "clean": clean, "noisy": noisy, "purified": purified}
 

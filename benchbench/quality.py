@@ -25,7 +25,7 @@ from benchbench.errors import BenchError, InvalidArgument
 from benchbench.registry import Purifier, get_purifier
 from benchbench.report import QUALITY_FILE
 from benchbench.results import CONFIG
-from benchbench.runner import noise_generator, seed_purifier
+from benchbench.runner import majority_vote, noise_generator, purify_copies, seed_purifier
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``distance(a, b)``: two batches (B, C, H, W) in [0, 1] → per-image distances, shape (B,)."""
@@ -65,16 +65,24 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
     out = []
     for label, purifier in purifiers.items():
         for sigma in sigmas:
+            clf = classifier
+            if hasattr(purifier, "classifier_for"):  # the Cohen et al. baseline: its noise-trained classifier
+                from benchbench.models.store import load_classifier
+
+                clf = load_classifier(purifier.classifier_for(sigma), device)
             mse, dist, kept = [], [], []
             for idx in indices:
                 x = images[idx].to(device)
                 seed_purifier(purifier, seed=seed, idx=idx, sigma=sigma)
-                purified = purifier(noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0), sigma)
+                noisy = noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0)
+                purified = purify_copies(purifier, noisy, sigma, seed=seed, idx=idx)
                 clean = x.unsqueeze(0).expand_as(purified)
                 mse.append(((purified - clean) ** 2).flatten(1).mean(1))
                 if distance is not None:
                     dist.append(torch.as_tensor(distance(purified, clean)).reshape(-1).float())
-                kept.append((classifier(purified).argmax(1) == int(labels[idx])).float())
+                votes = int(getattr(purifier, "votes", 1))  # K samples per copy: the label is their majority
+                pred = majority_vote(clf(purified).argmax(1), votes, int(clf(x[None]).shape[1]))
+                kept.append((pred == int(labels[idx])).float())
             rec = {"purifier": label, "sigma": float(sigma), "images": len(indices), "copies": copies,
                    "mse": torch.cat(mse).mean().item()}
             if distance is not None:

@@ -94,6 +94,42 @@ def noise_generator(seed: int, idx: int, sigma: float, stream: int = 0) -> torch
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
+class _CopyNoiseStandIn:
+    """STAND-IN for ``benchbench.seeding.CopyNoise`` (interface 1, issue 11) until that branch is merged:
+    row j draws from a generator keyed by (run seed, image, σ, copy index of row j) alone; successive calls
+    continue each row's stream. Only what densepure needs; the lead replaces it with the real one."""
+
+    def __init__(self, seed: int, idx: int, sigma: float, copies: range):
+        self.generators = [noise_generator(seed, idx, sigma, 2 + c) for c in copies]
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        rows = [torch.randn((1, *x.shape[1:]), generator=g) for g in self.generators]
+        return torch.cat(rows).to(device=x.device, dtype=x.dtype)
+
+
+def majority_vote(labels: torch.Tensor, votes: int, num_classes: int) -> torch.Tensor:
+    """Labels (B·K,) of K votes per input (rows b·K … b·K+K−1) → (B,) majority labels; a tie goes to the
+    lowest class index (argmax returns the first maximum)."""
+    counts = torch.nn.functional.one_hot(labels.view(-1, votes), num_classes).sum(1)
+    return counts.argmax(1)
+
+
+def purify_copies(purifier: Any, batch: torch.Tensor, sigma: float, *, seed: int, idx: int,
+                  first_copy: int = 0) -> torch.Tensor:
+    """Call a purifier on noisy copies ``first_copy`` … of image ``idx``: a stochastic one (``stochastic =
+    True``) gets their per-copy noise. Returns (B·votes, C, H, W), checked."""
+    if getattr(purifier, "stochastic", False):
+        noise = _CopyNoiseStandIn(seed, idx, sigma, range(first_copy, first_copy + len(batch)))
+        purified = purifier(batch, sigma, noise)
+    else:
+        purified = purifier(batch, sigma)
+    votes = int(getattr(purifier, "votes", 1))
+    if purified.shape != (len(batch) * votes, *batch.shape[1:]):
+        raise BenchError(f"purifier returned shape {tuple(purified.shape)} for input {tuple(batch.shape)}"
+                         f"{f' with votes={votes}' if votes > 1 else ''}")
+    return purified
+
+
 def seed_purifier(purifier: Any, *, seed: int, idx: int, sigma: float) -> None:
     """Seed a stochastic purifier (one with ``manual_seed``) for image ``idx`` at σ from stream 1, so its
     own noise depends on (run seed, image, σ) alone; quality and the image grid reuse it."""
@@ -131,6 +167,11 @@ def run(config: RunConfig) -> RunResult:
         spec.label: get_purifier(spec.name, **spec.params, device=str(device), dataset=config.dataset)
         for spec in config.purifiers
     }
+    # A purifier with classifier_for(σ) (the Cohen et al. baseline) is certified with its own classifier
+    # at each σ; resolved here, so a missing one is refused before anything is written.
+    own_refs = {(label, sigma): p.classifier_for(sigma) for label, p in purifiers.items()
+                if hasattr(p, "classifier_for") for sigma in config.sigmas}
+    own_classifiers = {key: load_classifier(ref, device) for key, ref in own_refs.items()}
     files = [
         {"purifier": spec.label, "sigma": sigma, "file": tsv_name(spec.label, sigma)}
         for spec in config.purifiers
@@ -142,7 +183,10 @@ def run(config: RunConfig) -> RunResult:
         "image_indices": indices,
         "purifiers": [
             {"label": s.label, "name": s.name, "params": s.params,
-             "model": getattr(purifiers[s.label], "fingerprint", None)}
+             "model": getattr(purifiers[s.label], "fingerprint", None),
+             **({"classifiers": {f"{sg:g}": {"ref": ref, "fingerprint": fingerprint(ref, "classifier")}
+                                 for (lab, sg), ref in own_refs.items() if lab == s.label}}
+                if hasattr(purifiers[s.label], "classifier_for") else {})}
             for s in config.purifiers
         ],
         "sigmas": list(config.sigmas),
@@ -176,7 +220,8 @@ def run(config: RunConfig) -> RunResult:
                     for idx in indices:
                         if idx in writer.done:
                             continue
-                        writer.write(_certify_one(config, purifier, classifier, test, idx, sigma, test.num_classes))
+                        clf = own_classifiers.get((spec.label, sigma), classifier)
+                        writer.write(_certify_one(config, purifier, clf, test, idx, sigma, test.num_classes))
                         bar.update(1)
     finally:
         for writer in writers.values():
@@ -192,12 +237,16 @@ def _certify_one(config: RunConfig, purifier: Any, classifier: torch.nn.Module, 
     label = int(test.labels[idx])
     seed_purifier(purifier, seed=config.seed, idx=idx, sigma=sigma)
 
+    votes = int(getattr(purifier, "votes", 1))
+    copies_done = 0
+
     @torch.no_grad()
     def classify(batch: torch.Tensor) -> torch.Tensor:
-        purified = purifier(batch, sigma)
-        if purified.shape != batch.shape:
-            raise BenchError(f"purifier returned shape {tuple(purified.shape)} for input {tuple(batch.shape)}")
-        return classifier(purified).argmax(1)
+        nonlocal copies_done
+        purified = purify_copies(purifier, batch, sigma, seed=config.seed, idx=idx, first_copy=copies_done)
+        copies_done += len(batch)
+        labels = classifier(purified).argmax(1)
+        return majority_vote(labels, votes, num_classes) if votes > 1 else labels
 
     start = time.perf_counter()
     with ForwardCounter(purifier.networks) as counter:

@@ -31,7 +31,7 @@ from benchbench.data import get_dataset
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import fingerprint, load_ddpm
-from benchbench.perceptual import Distance, get_distance, resolve_distance
+from benchbench.perceptual import Distance, distance_record, get_distance, resolve_distance
 from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
                                      write_manifest)
 
@@ -51,7 +51,7 @@ class DistillConfig:
     rho: float = 7.0
     target_ema: float = 0.0        # μ of θ⁻; 0 = stop-gradient copy of θ (faster here than Song et al.'s 0.95)
     ema_decay: float = 0.999       # the saved weights: EMA of θ
-    distance: str = "lpips"        # "lpips" (the dataset's default LPIPS: digits-cnn on digits), or a name in DISTANCES
+    distance: str = "lpips"        # "lpips" (the dataset's default LPIPS: digits-ssl on digits), or a name in DISTANCES
     init_from_teacher: bool = True
     warm_start_steps: int = 300    # first regress f_θ onto the teacher's denoiser D (see warm_start_loss)
     seed: int = 0
@@ -137,8 +137,9 @@ def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -
     final.save_pretrained(out)
     metrics = {"train_loss_smoothed": running, "loss_history": history,
                **evaluate_consistency(final, dataset=config.dataset, teacher=config.teacher)}
-    split = {"dataset": config.dataset, "train": len(train), "test": len(get_dataset(config.dataset, "test"))}
-    cfg = {**asdict(config), "distance": distance_name, "distance_requested": config.distance, "split": split,
+    split = {"dataset": config.dataset, "train": len(train), "val": len(get_dataset(config.dataset, "val")),
+             "metrics_on": "val"}
+    cfg = {**asdict(config), **distance_record(distance_name), "distance_requested": config.distance, "split": split,
            "teacher_fingerprint": fingerprint(config.teacher, "ddpm"),
            "teacher_solver": "heun (one step per grid pair)",
            "ema": True, "data_range": [-1, 1]}
