@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from benchbench.presets import PRESETS
+    from benchbench.presets import DESCRIPTIONS, PRESETS
 
     parser = _Parser(prog="bench", description="Compare diffusion purifiers for randomized-smoothing certification.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -29,7 +29,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--purifiers", default="all",
                      help="comma list of name[:key=value...] specs, or 'all' (default: all)")
     run.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                     help="protocol defaults; the flags below override them (default: quick)")
+                     help="protocol defaults; the flags below override them (default: quick). "
+                          + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
     run.add_argument("--dataset", help="dataset name (default: digits)")
     run.add_argument("--sigmas", help="comma list of noise levels σ in image scale [0,1]")
     run.add_argument("--n0", type=int, help="selection samples per image")
@@ -93,8 +94,9 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
     pareto = psub.add_parser("pareto", help="cost vs robustness per purifier and σ, with the Pareto front")
     pareto.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                         help="run directories to combine (default: every run under ./results)")
-    pareto.add_argument("--cost", choices=["seconds", "nfe"], default="seconds",
-                        help="x axis: seconds per image or network calls per noisy sample (default: seconds)")
+    pareto.add_argument("--cost", choices=["both", "seconds", "nfe"], default="both",
+                        help="x axis: seconds per image, network calls per noisy sample, or both side by side, "
+                             "each panel with its own front (default: both)")
     pareto.add_argument("--robustness", choices=["acr", "acc"], default="acr",
                         help="y axis: average certified radius or certified accuracy at --radius (default: acr)")
     pareto.add_argument("--radius", type=float, default=0.5, help="radius for --robustness acc (default: 0.5)")
@@ -112,6 +114,9 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
 
     report = sub.add_parser("report", help="write report.md/.csv/.tex (best σ per radius, Pareto) and print it")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--alpha-aware", type=float, metavar="DELTA",
+                        help="add Cohen et al.'s α-aware certified accuracy: with probability ≥ 1 − DELTA at least "
+                             "this many certificates are correct (e.g. 0.05)")
 
     quality = sub.add_parser("quality", help="measure MSE and label preservation of each purifier (quality.csv)")
     quality.add_argument("run_dir", metavar="RUN_DIR")
@@ -120,12 +125,18 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
                          help="perceptual distance: lpips (the dataset's default), digits-cnn, vgg, alex, l2")
     quality.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
-    compare = sub.add_parser("compare", help="exact McNemar test between two purifiers of a run")
+    compare = sub.add_parser("compare", help="exact McNemar tests between purifiers of a run, Holm-corrected "
+                                             "over the pairs")
     compare.add_argument("run_dir", metavar="RUN_DIR")
     compare.add_argument("a", metavar="A", help="purifier label, as in the report")
     compare.add_argument("b", metavar="B", help="purifier label, as in the report")
+    compare.add_argument("--pair", nargs=2, action="append", default=[], metavar=("C", "D"),
+                         help="another pair to test (repeatable); with several pairs Holm's correction keeps "
+                              "the family-wise error ≤ --family-alpha")
     compare.add_argument("--sigma", type=float, required=True, help="noise level σ of the run")
     compare.add_argument("--radius", type=float, default=0.0, help="success = certified at this radius (default: 0)")
+    compare.add_argument("--family-alpha", type=float, default=0.05,
+                         help="family-wise error rate for 'significant' (default: 0.05)")
 
 
 def _device(name: str | None) -> str:
@@ -178,7 +189,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from benchbench.report import format_markdown, write_report
 
-    print(format_markdown(write_report(args.run_dir)))
+    print(format_markdown(write_report(args.run_dir, alpha_aware=args.alpha_aware)))
     print(f"\nwrote report.md, report.csv, report.tex in {args.run_dir}")
     return 0
 
@@ -193,9 +204,16 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from benchbench.report import load_run_rows, mcnemar_exact
+    from benchbench.report import compare_pairs, load_run_rows
 
-    print(mcnemar_exact(load_run_rows(args.run_dir), args.a, args.b, args.sigma, args.radius))
+    pairs = [(args.a, args.b), *map(tuple, args.pair)]
+    verdicts = compare_pairs(load_run_rows(args.run_dir), pairs, args.sigma, args.radius, args.family_alpha)
+    for verdict in verdicts:
+        print(verdict)
+    if len(pairs) > 1:
+        kept = [f"{v.test.a} vs {v.test.b}" for v in verdicts if v.significant]
+        print(f"Holm over {len(pairs)} pairs at family-wise α = {args.family_alpha:g}: "
+              f"{'; '.join(kept) if kept else 'no pair'} survive{'' if len(kept) > 1 else 's'}")
     return 0
 
 
