@@ -76,8 +76,15 @@ def _build_parser() -> argparse.ArgumentParser:
             t.add_argument("--sigma-mode", choices=["exact", "nearest", "topup"],
                            help="how f is called at 2σ, as the purifier will (default: exact)")
 
-    evaluate = sub.add_parser("evaluate", help="measure the consistency models against the issue's criteria")
-    evaluate.add_argument("what", choices=["consistency"])
+    from benchbench.quality_cm import CRITERIA
+
+    evaluate = sub.add_parser(
+        "evaluate", help="measure the consistency models on the val split and check their acceptance criteria",
+        description="consistency: measure a distilled and a fine-tuned consistency model on the val split (the "
+                    "test split is never read) and check: " + "; ".join(CRITERIA.values())
+                    + ". Exit 1 when a criterion fails. sigma-modes: purification quality on val of both "
+                    "models in each sigma_mode (exact, nearest, topup) at σ ∈ {0.12, 0.25, 0.3, 0.5, 0.75, 1}.")
+    evaluate.add_argument("what", choices=["consistency", "sigma-modes"])
     evaluate.add_argument("--distilled", default="digits", help="consistency model reference")
     evaluate.add_argument("--finetuned", default="digits", help="fine-tuned model reference ('none' to skip)")
     evaluate.add_argument("--device", default="cpu")
@@ -275,9 +282,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from benchbench.quality_cm import consistency_quality_report
 
+    if args.what == "sigma-modes":
+        import pandas as pd
+
+        from benchbench.quality_cm import sigma_mode_table
+
+        refs = [(args.distilled, "consistency")] + ([] if args.finetuned == "none" else [(args.finetuned,
+                                                                                          "consistency-ft")])
+        table = pd.DataFrame(sigma_mode_table(refs, device=args.device))
+        print(table.to_markdown(index=False, floatfmt=".4g"))
+        print("\nval split; level_vs_2sigma = noise level the model is given or assumes / 2σ − 1; lpips = the "
+              "dataset's LPIPS-style distance to the clean image; accuracy = the classifier on the purified images")
+        return 0
     finetuned = None if args.finetuned == "none" else args.finetuned
     report = consistency_quality_report(args.distilled, finetuned, device=args.device)
     print(json.dumps(report, indent=2, default=float))
+    print("\nmeasured on the val split")
+    for name, ok in report["checks"].items():
+        print(f"{'PASS' if ok else 'FAIL'}  {report['criteria'][name]}")
     return 0 if all(report["checks"].values()) else 1
 
 
