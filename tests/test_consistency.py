@@ -151,7 +151,7 @@ def test_purifier_is_top_up_then_one_call(tiny_cm_folder):
 def _direct(folder, steps=1):
     from purifiers.consistency import ConsistencyPurifier
 
-    return ConsistencyPurifier(model=str(folder), steps=steps)
+    return ConsistencyPurifier(model=str(folder), steps=steps, sigma_mode="topup")
 
 
 def test_a_few_distillation_steps_lower_the_consistency_loss(tiny_ddpm, tiny_lpips):
