@@ -244,7 +244,9 @@ def plot_pareto(rows_or_run_dirs: Source, out: Path | str, cost: str = "both", r
     markers = {s: SIGMA_MARKERS[i % len(SIGMA_MARKERS)] for i, s in enumerate(sigmas)}
 
     with mpl.rc_context(_theme()):
-        fig = Figure(figsize=(WIDTH * len(costs), 3.1), layout="constrained")
+        ncol = 2 * len(costs)
+        legend_rows = -(-(len(configs) + len(sigmas) + 2) // ncol)
+        fig = Figure(figsize=(WIDTH * len(costs), 2.4 + 0.16 * legend_rows), layout="constrained")
         axes = fig.subplots(1, len(costs), sharey=True, squeeze=False)[0]
         for ax, c, points in zip(axes, costs, panels):
             floor = NFE_FLOOR if c == "nfe" else SECONDS_FLOOR
@@ -256,7 +258,7 @@ def plot_pareto(rows_or_run_dirs: Source, out: Path | str, cost: str = "both", r
         handles += [Line2D([], [], ls="", marker=markers[s], color="0.4", label=f"σ={s:g}") for s in sigmas]
         handles += [Line2D([], [], ls="", marker=BEST_MARKER, ms=8, color="0.4", label="best over σ"),
                     Line2D([], [], color="0.35", ls="--", lw=1, label="Pareto front (outlined)")]
-        fig.legend(handles=handles, loc="outside lower center", ncol=2 * len(costs), frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
         return _save(fig, out, formats)
 
 
