@@ -145,6 +145,12 @@ class RunResult:
     summary_markdown: str
 
 
+def _distance_record(dataset: str) -> dict[str, str]:
+    from benchbench.perceptual import default_perceptual, distance_record
+
+    return distance_record(default_perceptual(dataset))
+
+
 def _versions() -> dict[str, str]:
     from benchbench.train.common import versions
 
@@ -202,6 +208,8 @@ def run(config: RunConfig) -> RunResult:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
+        # What quality.csv's LPIPS-style distance is built on (not the certified classifier on digits).
+        "perceptual_distance": _distance_record(config.dataset),
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

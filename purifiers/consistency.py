@@ -40,7 +40,7 @@ class ConsistencyBase:
         """The weights' hash, plus the distances it was trained with (from its manifest, when it has one)."""
         text = fingerprint(self.model_ref, self.kind)
         cfg = (read_manifest(self.model_ref, self.kind) or {}).get("training_config", {})
-        for key in ("distance", "distill_distance"):
+        for key in ("distance", "distill_distance", "feature_network_fingerprint"):
             if cfg.get(key):
                 text += f";{key}={cfg[key]}"
         return text

@@ -313,7 +313,10 @@ def test_cohen_and_densepure_rows_in_a_run(tmp_path, tiny_ddpm, capsys):
     argv = ["run", "--purifiers", f"cohen,densepure:k=3:steps=2:model={tiny_ddpm}", "--sigmas", "0.25,0.5",
             "--n0", "4", "--n", "8", "--num-images", "2", "--out", str(out)]
     assert main(argv) == 0
-    exp = json.loads((out / "config.json").read_text())["experiment"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["environment"]["perceptual_distance"]["distance"] == "digits-ssl"
+    assert "not the certified classifier" in config["environment"]["perceptual_distance"]["feature_network"]
+    exp = config["experiment"]
     cohen = next(p for p in exp["purifiers"] if p["name"] == "cohen")
     assert cohen["classifiers"]["0.5"]["ref"].endswith("classifier-noise-0.5")
     assert cohen["classifiers"]["0.25"]["fingerprint"].startswith("sha256:")
