@@ -76,8 +76,9 @@ class ConsistencyPurifier(ConsistencyBase):
     """Consistency purification: one consistency-model call at noise level 2σ (`sigma_mode`: exact/nearest/topup).
 
     x_noisy = x + δ in [0, 1] is 2·x_noisy − 1 = x₀ + 2σ·ε in the model's [-1, 1] scale: VE noise level 2σ.
-    ``sigma_mode`` ``exact`` (default) calls f(x, 2σ) (c_skip, c_out, t(σ) are continuous), deterministic;
-    ``nearest`` calls f at the grid level nearest to 2σ; ``topup`` first adds independent noise
+    ``sigma_mode`` ``nearest`` (default; chosen on val) calls f at the grid level nearest to 2σ and warns
+    when that level is more than 15% away; ``exact`` calls f(x, 2σ) (c_skip, c_out, t(σ) are continuous);
+    both are deterministic; ``topup`` first adds independent noise
     √(σ_k² − 4σ²)·ε' from the purifier's own generator to reach the next grid level σ_k ≥ 2σ (a randomised
     function of x + δ alone, so the certificate stays valid) and warns when that inflates the noise by more
     than 10%. The output is clipped to [-1, 1] and mapped to [0, 1]. With ``steps`` > 1, multistep

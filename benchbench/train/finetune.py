@@ -2,8 +2,8 @@
 
 Starting from a distilled consistency model, minimise E_{x, σ∈S, ε} d(f_θ(x_in, σ'), 2x − 1) over ``train``
 images x in [0, 1], where x_in = 2(x + σε) − 1 has VE noise level 2σ and σ' is the level the purifier's
-``sigma_mode`` gives the model (2σ itself in the default ``exact`` mode; the next grid level after a noise
-top-up in ``topup``), exactly as the consistency purifiers call it; d is the dataset's LPIPS-style distance
+``sigma_mode`` gives the model (the grid level nearest to 2σ in the default ``nearest`` mode, 2σ itself in
+``exact``, the next grid level after a noise top-up in ``topup``), exactly as the consistency purifiers call it; d is the dataset's LPIPS-style distance
 (on digits: the independent ``digits-ssl`` network, not the certified classifier). Each batch is split
 evenly over S. The loss uses f's raw output (the purifier clips to [-1, 1] afterwards; clipping here would
 stop the gradient of every pixel pushed past ±1). With ``anchor_weight`` = 0 (the default) this is Li et
