@@ -225,6 +225,11 @@ def _draw_pareto(ax: Any, points: pd.DataFrame, colors: dict[str, Any], markers:
         # adjustText moves the labels apart and off the markers, with a thin leader line to each star.
         adjust_text(texts, x=anchors_x, y=anchors_y, ax=ax, expand=(1.15, 1.3),
                     arrowprops=dict(arrowstyle="-", color="0.5", lw=0.4))
+        # Labels (and their leader lines) never drive the layout: with flat data adjustText may push one
+        # far out, which would squeeze the axes to nothing.
+        for artist in ax.get_children():
+            if isinstance(artist, mpl.text.Text) and artist not in (ax.title, ax._left_title, ax._right_title):
+                artist.set_in_layout(False)
 
 
 def plot_pareto(rows_or_run_dirs: Source, out: Path | str, cost: str = "both", robustness: str = "acr",
