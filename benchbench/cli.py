@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from benchbench.presets import PRESETS
+    from benchbench.presets import DESCRIPTIONS, PRESETS
 
     parser = _Parser(prog="bench", description="Compare diffusion purifiers for randomized-smoothing certification.")
     parser.add_argument("--debug", action="store_true",
@@ -40,7 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--purifiers", default="all",
                      help="comma list of name[:key=value...] specs, or 'all' (default: all)")
     run.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                     help="protocol defaults; the flags below override them (default: quick)")
+                     help="protocol defaults; the flags below override them (default: quick). "
+                          + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
     run.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagenet64, imagefolder:PATH "
                                        "(default: digits)")
     run.add_argument("--data-dir", help="folder holding the dataset's files (default: $BENCH_DATA_DIR or ./data)")
@@ -78,15 +79,19 @@ def _build_parser() -> argparse.ArgumentParser:
     tsub = train.add_subparsers(dest="what", required=True, parser_class=_Parser)
     helps = {"classifier": "the classifier, on clean images", "ddpm": "the DDPM",
              "distill": "a consistency model, distilled from the DDPM's PF-ODE",
-             "finetune": "Consistency Fine-tuning of a distilled model with an LPIPS loss"}
+             "finetune": "Consistency Fine-tuning of a distilled model with an LPIPS loss",
+             "perceptual": "the perceptual feature network of the digits LPIPS-style distance (SimCLR, no labels)"}
     for what, text in helps.items():
         t = tsub.add_parser(what, help=f"train {text}")
         t.add_argument("--out", required=True, help="new folder to write the model to")
-        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--seed", type=int, help="training seed (default: the config's: 0, or 7 for perceptual)")
         t.add_argument("--device", default="cpu")
         t.add_argument("--dataset", default="digits")
         if what == "classifier":
             t.add_argument("--epochs", type=int, help="passes over the training set")
+            t.add_argument("--noise-sd", type=float, default=0.0,
+                           help="train under Gaussian noise of this σ (image scale; Cohen et al.'s baseline "
+                                "classifier for σ); default 0: clean images")
         else:
             t.add_argument("--steps", type=int, help="optimiser steps")
         if what in ("distill", "finetune"):
@@ -99,9 +104,21 @@ def _build_parser() -> argparse.ArgumentParser:
             t.add_argument("--teacher", help="DDPM reference: folder or hub id (default: the dataset's)")
         if what == "finetune":
             t.add_argument("--base", help="distilled consistency model reference (default: the dataset's)")
+            t.add_argument("--anchor-weight", type=float,
+                           help="weight of the anchor term toward the distilled model at the levels not "
+                                "fine-tuned (default 0: Li et al.'s objective alone; 2 = the former default)")
+            t.add_argument("--sigma-mode", choices=["exact", "nearest", "topup"],
+                           help="how f is called at 2σ, as the purifier will (default: exact)")
 
-    evaluate = sub.add_parser("evaluate", help="measure the consistency models against the issue's criteria")
-    evaluate.add_argument("what", choices=["consistency"])
+    from benchbench.quality_cm import CRITERIA
+
+    evaluate = sub.add_parser(
+        "evaluate", help="measure the consistency models on the val split and check their acceptance criteria",
+        description="consistency: measure a distilled and a fine-tuned consistency model on the val split (the "
+                    "test split is never read) and check: " + "; ".join(CRITERIA.values())
+                    + ". Exit 1 when a criterion fails. sigma-modes: purification quality on val of both "
+                    "models in each sigma_mode (exact, nearest, topup) at σ ∈ {0.12, 0.25, 0.3, 0.5, 0.75, 1}.")
+    evaluate.add_argument("what", choices=["consistency", "sigma-modes"])
     evaluate.add_argument("--distilled", default="digits", help="consistency model reference")
     evaluate.add_argument("--finetuned", default="digits", help="fine-tuned model reference ('none' to skip)")
     evaluate.add_argument("--device", default="cpu")
@@ -135,8 +152,9 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
     pareto = psub.add_parser("pareto", help="cost vs robustness per purifier and σ, with the Pareto front")
     pareto.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                         help="run directories to combine (default: every run under ./results)")
-    pareto.add_argument("--cost", choices=["seconds", "nfe"], default="seconds",
-                        help="x axis: seconds per image or network calls per noisy sample (default: seconds)")
+    pareto.add_argument("--cost", choices=["both", "seconds", "nfe"], default="both",
+                        help="x axis: seconds per image, network calls per noisy sample, or both side by side, "
+                             "each panel with its own front (default: both)")
     pareto.add_argument("--robustness", choices=["acr", "acc"], default="acr",
                         help="y axis: average certified radius or certified accuracy at --radius (default: acr)")
     pareto.add_argument("--radius", type=float, default=0.5, help="radius for --robustness acc (default: 0.5)")
@@ -154,6 +172,9 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
 
     report = sub.add_parser("report", help="write report.md/.csv/.tex (best σ per radius, Pareto) and print it")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--alpha-aware", type=float, metavar="DELTA",
+                        help="add Cohen et al.'s α-aware certified accuracy: with probability ≥ 1 − DELTA at least "
+                             "this many certificates are correct (e.g. 0.05)")
 
     quality = sub.add_parser("quality", help="measure MSE and label preservation of each purifier (quality.csv)")
     quality.add_argument("run_dir", metavar="RUN_DIR")
@@ -163,12 +184,18 @@ def _add_reporting(sub: argparse._SubParsersAction) -> None:
                          help="perceptual distance: lpips (the dataset's default), digits-cnn, vgg, alex, l2")
     quality.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
-    compare = sub.add_parser("compare", help="exact McNemar test between two purifiers of a run")
+    compare = sub.add_parser("compare", help="exact McNemar tests between purifiers of a run, Holm-corrected "
+                                             "over the pairs")
     compare.add_argument("run_dir", metavar="RUN_DIR")
     compare.add_argument("a", metavar="A", help="purifier label, as in the report")
     compare.add_argument("b", metavar="B", help="purifier label, as in the report")
+    compare.add_argument("--pair", nargs=2, action="append", default=[], metavar=("C", "D"),
+                         help="another pair to test (repeatable); with several pairs Holm's correction keeps "
+                              "the family-wise error ≤ --family-alpha")
     compare.add_argument("--sigma", type=float, required=True, help="noise level σ of the run")
     compare.add_argument("--radius", type=float, default=0.0, help="success = certified at this radius (default: 0)")
+    compare.add_argument("--family-alpha", type=float, default=0.05,
+                         help="family-wise error rate for 'significant' (default: 0.05)")
 
 
 def _device(name: str | None) -> str:
@@ -242,7 +269,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from benchbench.report import coverage_warning, format_markdown, write_report
 
-    table = write_report(args.run_dir)
+    table = write_report(args.run_dir, alpha_aware=args.alpha_aware)
     warning = coverage_warning(table)
     if warning:
         print(f"bench: warning: {warning}", file=sys.stderr)
@@ -261,45 +288,64 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from benchbench.report import load_run_rows, mcnemar_exact
+    from benchbench.report import compare_pairs, load_run_rows
 
-    result = mcnemar_exact(load_run_rows(args.run_dir), args.a, args.b, args.sigma, args.radius)
-    print(result)
-    if result.warning():
-        print(f"bench: warning: {result.warning()}", file=sys.stderr)
+    pairs = [(args.a, args.b), *map(tuple, args.pair)]
+    verdicts = compare_pairs(load_run_rows(args.run_dir), pairs, args.sigma, args.radius, args.family_alpha)
+    for verdict in verdicts:
+        print(verdict)
+    if len(pairs) > 1:
+        kept = [f"{v.test.a} vs {v.test.b}" for v in verdicts if v.significant]
+        print(f"Holm over {len(pairs)} pairs at family-wise α = {args.family_alpha:g}: "
+              f"{'; '.join(kept) if kept else 'no pair'} survive{'' if len(kept) > 1 else 's'}")
+    for verdict in verdicts:
+        if verdict.test.warning():
+            print(f"bench: warning: {verdict.test.warning()}", file=sys.stderr)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
+    import math
+
+    from benchbench.errors import InvalidArgument
 
     if args.what == "classifier":
         from benchbench.train.classifier import ClassifierConfig, train_classifier
 
-        cfg = ClassifierConfig(dataset=args.dataset, seed=args.seed)
-        if args.epochs is not None:
-            cfg.epochs = args.epochs
+        if not (args.noise_sd >= 0 and math.isfinite(args.noise_sd)):
+            raise InvalidArgument(f"--noise-sd must be a finite number >= 0, got {args.noise_sd}")
+        cfg = ClassifierConfig(dataset=args.dataset, noise_sd=args.noise_sd)
+        _override(cfg, epochs=args.epochs, seed=args.seed)
         manifest = train_classifier(args.out, cfg, device=args.device)
     elif args.what == "ddpm":
         from benchbench.train.ddpm import DDPMConfig, train_ddpm
 
-        cfg = DDPMConfig(dataset=args.dataset, seed=args.seed)
-        if args.steps is not None:
-            cfg.steps = args.steps
+        cfg = DDPMConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed)
         manifest = train_ddpm(args.out, cfg, device=args.device)
+    elif args.what == "perceptual":
+        from benchbench.train.perceptual import PerceptualConfig, train_perceptual
+
+        cfg = PerceptualConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed)
+        manifest = train_perceptual(args.out, cfg, device=args.device)
     elif args.what == "distill":
         from benchbench.train.distill import DistillConfig, train_distill
 
-        cfg = DistillConfig(dataset=args.dataset, seed=args.seed)
-        _override(cfg, steps=args.steps, distance=args.distance, teacher=args.teacher, data_dir=args.data_dir,
-                  batch_size=args.batch_size)
+        cfg = DistillConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed, distance=args.distance, teacher=args.teacher,
+                  data_dir=args.data_dir, batch_size=args.batch_size)
         manifest = train_distill(args.out, cfg, device=args.device)
     else:
         from benchbench.train.finetune import FinetuneConfig, train_finetune
 
-        cfg = FinetuneConfig(dataset=args.dataset, seed=args.seed)
-        _override(cfg, steps=args.steps, distance=args.distance, base=args.base, data_dir=args.data_dir,
+        cfg = FinetuneConfig(dataset=args.dataset)
+        _override(cfg, steps=args.steps, seed=args.seed, distance=args.distance, base=args.base,
+                  anchor_weight=args.anchor_weight, sigma_mode=args.sigma_mode, data_dir=args.data_dir,
                   batch_size=args.batch_size)
+        if cfg.anchor_weight < 0 or not math.isfinite(cfg.anchor_weight):
+            raise InvalidArgument(f"--anchor-weight must be a finite number >= 0, got {cfg.anchor_weight}")
         manifest = train_finetune(args.out, cfg, device=args.device)
     print(json.dumps(manifest["metrics"], indent=2))
     print(f"wrote {args.out} in {manifest['train_seconds']} s")
@@ -318,9 +364,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from benchbench.quality_cm import consistency_quality_report
 
+    if args.what == "sigma-modes":
+        import pandas as pd
+
+        from benchbench.quality_cm import sigma_mode_table
+
+        refs = [(args.distilled, "consistency")] + ([] if args.finetuned == "none" else [(args.finetuned,
+                                                                                          "consistency-ft")])
+        table = pd.DataFrame(sigma_mode_table(refs, device=args.device))
+        print(table.to_markdown(index=False, floatfmt=".4g"))
+        print("\nval split; level_vs_2sigma = noise level the model is given or assumes / 2σ − 1; lpips = the "
+              "dataset's LPIPS-style distance to the clean image; accuracy = the classifier on the purified images")
+        return 0
     finetuned = None if args.finetuned == "none" else args.finetuned
     report = consistency_quality_report(args.distilled, finetuned, device=args.device)
     print(json.dumps(report, indent=2, default=float))
+    print("\nmeasured on the val split")
+    for name, ok in report["checks"].items():
+        print(f"{'PASS' if ok else 'FAIL'}  {report['criteria'][name]}")
     return 0 if all(report["checks"].values()) else 1
 
 

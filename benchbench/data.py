@@ -11,8 +11,11 @@ Built in:
 
 * ``digits``, the embedded default: scikit-learn's copy of the UCI optical handwritten digits (1,797 real
   8×8 grey images, 16 grey levels, 10 classes), shipped inside scikit-learn so it needs no download. Its
-  split is fixed: ``numpy.random.RandomState(0).permutation(1797)``; the first 1,347 indices are ``train``,
-  the last 450 are ``test`` (the legacy RandomState stream is stable across numpy versions).
+  split is fixed: ``numpy.random.RandomState(0).permutation(1797)``; of the first 1,347 indices (the
+  former training set) the first 1,147 are ``train`` and the last 200 are ``val``; the last 450 are ``test``
+  (the legacy RandomState stream is stable across numpy versions). Every model is trained on ``train``;
+  every acceptance check, hyper-parameter and stopping choice is made on ``val``; only ``bench run`` reads
+  ``test``.
 * ``cifar10``: the python-pickle batches (``cifar-10-batches-py/``) read by torchvision's ``CIFAR10``.
 * ``imagenet64``: the downsampled ImageNet 64×64 validation set (``Imagenet64_val_npz``).
 * ``imagefolder:PATH[:size=N]``: one sub-folder per class, images resized to N×N.
@@ -127,19 +130,18 @@ def get_dataset(spec: str, split: str, *, data_dir: str | Path | None = None, do
     return dataset
 
 
-DIGITS_TRAIN_SIZE = 1347
+DIGITS_TRAIN_SIZE = 1347  # train + val: the test set is the remaining 450
+DIGITS_VAL_SIZE = 200      # the last 200 of those 1,347 indices
 
 
 @register_dataset("digits", default_classifier="digits", default_ddpm="digits", default_consistency="digits")
 def load_digits(split: str) -> ImageDataset:
     from sklearn.datasets import load_digits as sk_load_digits
 
-    if split == "val":  # placeholder until the validation split is carved out of train
-        raise InvalidArgument("dataset 'digits' has no val split yet")
-
     bunch = sk_load_digits()
     order = np.random.RandomState(0).permutation(len(bunch.target))
-    idx = order[:DIGITS_TRAIN_SIZE] if split == "train" else order[DIGITS_TRAIN_SIZE:]
+    cut = DIGITS_TRAIN_SIZE - DIGITS_VAL_SIZE
+    idx = {"train": order[:cut], "val": order[cut:DIGITS_TRAIN_SIZE], "test": order[DIGITS_TRAIN_SIZE:]}[split]
     images = torch.from_numpy(bunch.images[idx].astype(np.float32) / 16.0).unsqueeze(1)
     labels = torch.from_numpy(bunch.target[idx].astype(np.int64))
     return ImageDataset("digits", split, images, labels, 10)

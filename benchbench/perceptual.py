@@ -8,10 +8,16 @@ in both arguments:
   file is missing this raises :class:`~benchbench.errors.CheckpointError` and never downloads. Grey images
   are repeated to 3 channels, and images under 32 px are upsampled to 32 px (bilinear), below which the
   backbones' pooling stages run out of pixels.
-* ``digits-cnn``: LPIPS's formula without learned weights (unit-normalise each layer's features over
-  channels, squared difference summed over channels, spatial average, sum over layers) on the three
-  convolution stages of the embedded digits classifier, a network trained on the same 8×8 digits, for
-  which ImageNet backbones see too few pixels. This is the default perceptual distance on ``digits``.
+* ``digits-ssl``: LPIPS's formula without learned weights (unit-normalise each layer's features over
+  channels, squared difference summed over channels, spatial average, sum over layers) on the four
+  convolution stages of the embedded digits *perceptual network*
+  (:class:`benchbench.models.feature_net.FeatureNet`): trained without labels (SimCLR) on the ``train``
+  split, with an architecture and seed of its own, so it is independent of the certified classifier, as
+  Li et al.'s VGG is of their ViT. ImageNet backbones see too few pixels on 8×8 digits. This is the
+  default perceptual distance on ``digits``.
+* ``digits-cnn``: the same formula on the convolution stages of the embedded digits *classifier*, the one
+  ``bench run`` certifies. Kept for comparison only: a purifier trained with it is trained toward the
+  classifier it is certified with.
 * ``l2``: mean squared difference per image.
 """
 
@@ -26,13 +32,13 @@ from torch import nn
 
 from benchbench.errors import CheckpointError, UnknownName
 
-DISTANCES = ("digits-cnn", "vgg", "alex", "l2")
+DISTANCES = ("digits-ssl", "digits-cnn", "vgg", "alex", "l2")
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def default_perceptual(dataset: str) -> str:
     """The LPIPS-style distance used for ``dataset`` when a config says ``lpips``."""
-    return "digits-cnn" if dataset == "digits" else "vgg"
+    return "digits-ssl" if dataset == "digits" else "vgg"
 
 
 def resolve_distance(name: str, dataset: str) -> str:
@@ -41,6 +47,22 @@ def resolve_distance(name: str, dataset: str) -> str:
     if name not in DISTANCES:
         raise UnknownName(f"unknown distance {name!r} (available: lpips, {', '.join(DISTANCES)})")
     return name
+
+
+def distance_record(name: str) -> dict[str, str]:
+    """What a manifest or config.json records about distance ``name``: the name, and for the digits
+    distances which network the features come from (with its content hash)."""
+    from benchbench.models.store import fingerprint
+
+    record = {"distance": name}
+    if name == "digits-ssl":
+        record.update(feature_network="digits perceptual FeatureNet (SimCLR, no labels, train split; "
+                                      "not the certified classifier)",
+                      feature_network_fingerprint=fingerprint("digits", "perceptual"))
+    elif name == "digits-cnn":
+        record.update(feature_network="digits classifier (the certified classifier itself)",
+                      feature_network_fingerprint=fingerprint("digits", "classifier"))
+    return record
 
 
 def backbone_file(net: str) -> Path:
@@ -83,6 +105,24 @@ class ClassifierLPIPS(nn.Module):
         return total
 
 
+class FeatureNetLPIPS(nn.Module):
+    """LPIPS's formula over the stages of a frozen :class:`~benchbench.models.feature_net.FeatureNet`
+    (inputs in [-1, 1], as the network takes them)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.requires_grad_(False).eval()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from lpips import normalize_tensor, spatial_average
+
+        total = a.new_zeros(len(a))
+        for fa, fb in zip(self.net.stages(a), self.net.stages(b)):
+            diff = (normalize_tensor(fa) - normalize_tensor(fb)) ** 2
+            total = total + spatial_average(diff.sum(1, keepdim=True)).flatten()
+        return total
+
+
 class TorchvisionLPIPS(nn.Module):
     """``lpips.LPIPS(net)`` for images of any channel count and size (see the module docstring)."""
 
@@ -103,10 +143,14 @@ class TorchvisionLPIPS(nn.Module):
 
 
 def get_distance(name: str, device: str | torch.device = "cpu") -> Distance:
-    """The distance ``name`` (``digits-cnn``, ``vgg``, ``alex`` or ``l2``) as a frozen module on ``device``:
+    """The distance ``name`` (one of :data:`DISTANCES`) as a frozen module on ``device``:
     ``d(a, b) -> (B,)`` for a, b in [-1, 1]."""
     if name == "l2":
         return L2Distance()
+    if name == "digits-ssl":
+        from benchbench.models.store import load_feature_net
+
+        return FeatureNetLPIPS(load_feature_net("digits", device)).to(device)
     if name == "digits-cnn":
         from benchbench.models.store import load_smallcnn
 

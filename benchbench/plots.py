@@ -200,79 +200,85 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
     return points
 
 
-def _label_places(points: pd.DataFrame) -> dict[Any, tuple[float, bool]]:
-    """For each envelope point: a vertical offset (points) that stacks labels of points sitting at about
-    the same place instead of printing them over each other, and whether to put the label on the left
-    (points in the right third, so labels stay inside the axes)."""
-    best = points[points["kind"] == "best"]
-    lx = np.log10(points["x"].to_numpy())
-    span_x = max(lx.max() - lx.min(), 1e-9)
-    span_y = max(points["robustness"].max() - points["robustness"].min(), 1e-9)
-    places: dict[Any, tuple[float, bool]] = {}
-    seen: dict[tuple[int, int], int] = {}
-    for i, p in best.iterrows():
-        fx = (math.log10(p["x"]) - lx.min()) / span_x
-        cell = (round(fx * 20), round((p["robustness"] - points["robustness"].min()) / span_y * 15))
-        stacked = seen.get(cell, 0)
-        seen[cell] = stacked + 1
-        places[i] = (3 - 7 * stacked, fx > 0.66)
-    return places
+def _x_label(cost: str, timings: Path | str | None) -> str:
+    if timings is not None and cost == "seconds":
+        return f"purifier latency (s per {load_timings(timings)[1]}, pytest-benchmark)"
+    if cost == "nfe":
+        return f"NFE per noisy sample (0 plotted at {NFE_FLOOR:g})"
+    return "certification time (s per image)"
 
 
-def plot_pareto(rows_or_run_dirs: Source, out: Path | str, cost: str = "seconds", robustness: str = "acr",
+def _draw_pareto(ax: Any, points: pd.DataFrame, colors: dict[str, Any], markers: dict[float, str]) -> None:
+    """One panel: every point, the front as a step line, the best-σ stars labelled without overlaps."""
+    from adjustText import adjust_text
+
+    ax.set_xscale("log")
+    front = points[points["pareto"]].sort_values(["x", "robustness"], ascending=[True, False])
+    if len(front):
+        fx = list(front["x"]) + [points["x"].max()]
+        fy = list(front["robustness"]) + [front["robustness"].iloc[-1]]
+        ax.step(fx, fy, where="post", color="0.35", lw=1, ls="--", zorder=1)
+    texts, anchors_x, anchors_y = [], [], []
+    for _, p in points.iterrows():
+        best = p["kind"] == "best"
+        # The star (best σ) sits under that σ's own marker, which stays visible on top of it.
+        ax.scatter(p["x"], p["robustness"], color=colors[p["config"]], zorder=2 if best else 3,
+                   marker=BEST_MARKER if best else markers[p["sigma"]], s=110 if best else 22,
+                   edgecolor="black" if p["pareto"] else "none", linewidth=0.7, alpha=0.45 if best else 0.9)
+        if best:
+            texts.append(ax.text(p["x"], p["robustness"], display_label(p["config"], 28), fontsize=6))
+        anchors_x.append(p["x"])
+        anchors_y.append(p["robustness"])
+    # The default 3×10⁻¹-style minor labels collide at this width: plain numbers at 1-2-5 steps for a
+    # narrow range, powers of ten (at most 6) for a wide one.
+    decades = math.log10(points["x"].max() / points["x"].min())
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 1.5 else (1.0,), numticks=6))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}") if decades <= 3 else LogFormatterSciNotation())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.15, y=0.12)
+    if texts:
+        # adjustText moves the labels apart and off the markers, with a thin leader line to each star.
+        adjust_text(texts, x=anchors_x, y=anchors_y, ax=ax, expand=(1.15, 1.3),
+                    arrowprops=dict(arrowstyle="-", color="0.5", lw=0.4))
+        # Labels (and their leader lines) never drive the layout: with flat data adjustText may push one
+        # far out, which would squeeze the axes to nothing.
+        for artist in ax.get_children():
+            if isinstance(artist, mpl.text.Text) and artist not in (ax.title, ax._left_title, ax._right_title):
+                artist.set_in_layout(False)
+
+
+def plot_pareto(rows_or_run_dirs: Source, out: Path | str, cost: str = "both", robustness: str = "acr",
                 radius: float = 0.5, timings: Path | str | None = None,
                 formats: Sequence[str] = FORMATS) -> list[Path]:
     """Cost (log x) against robustness (y) for every point of :func:`pareto_points`: colour = purifier
-    configuration, marker = σ, star = best over σ (labelled), the Pareto front as a step line."""
-    points = pareto_points(rows_or_run_dirs, cost, robustness, radius, timings)
-    floor = NFE_FLOOR if (cost == "nfe" and timings is None) else SECONDS_FLOOR
-    points["x"] = points["cost"].clip(lower=floor)
-    if timings is not None:
-        xlabel = f"purifier latency (s per {load_timings(timings)[1]}, pytest-benchmark)"
-    elif cost == "nfe":
-        xlabel = f"NFE per noisy sample (0 plotted at {NFE_FLOOR:g})"
-    else:
-        xlabel = "certification time (s per image)"
+    configuration, marker = σ, star = best over σ (labelled, labels kept apart by adjustText), the Pareto
+    front as a step line. ``cost`` ``both`` (default) draws two panels, each with its own front: measured
+    seconds (or ``timings`` latency) and NFE, since seconds on a shared machine are noisy."""
+    costs = ("seconds", "nfe") if cost == "both" else (cost,)
+    panels = [pareto_points(rows_or_run_dirs, c, robustness, radius, timings if c == "seconds" else None)
+              for c in costs]
     ylabel = "average certified radius (ACR)" if robustness == "acr" else f"certified accuracy at r={radius:g} (%)"
-    configs = list(dict.fromkeys(points["config"]))
+    configs = list(dict.fromkeys(pd.concat(panels)["config"]))
     colors = dict(zip(configs, sns.color_palette("colorblind", len(configs))))
-    sigmas = sorted(points["sigma"].dropna().unique())
+    sigmas = sorted(pd.concat(panels)["sigma"].dropna().unique())
     markers = {s: SIGMA_MARKERS[i % len(SIGMA_MARKERS)] for i, s in enumerate(sigmas)}
 
     with mpl.rc_context(_theme()):
-        fig = Figure(figsize=(WIDTH, 2.9), layout="constrained")
-        ax = fig.add_subplot()
-        ax.set_xscale("log")
-        front = points[points["pareto"]].sort_values(["x", "robustness"], ascending=[True, False])
-        if len(front):
-            fx = list(front["x"]) + [points["x"].max()]
-            fy = list(front["robustness"]) + [front["robustness"].iloc[-1]]
-            ax.step(fx, fy, where="post", color="0.35", lw=1, ls="--", zorder=1)
-        places = _label_places(points)
-        for _, p in points.iterrows():
-            best = p["kind"] == "best"
-            # The star (best σ) sits under that σ's own marker, which stays visible on top of it.
-            ax.scatter(p["x"], p["robustness"], color=colors[p["config"]], zorder=2 if best else 3,
-                       marker=BEST_MARKER if best else markers[p["sigma"]], s=110 if best else 22,
-                       edgecolor="black" if p["pareto"] else "none", linewidth=0.7, alpha=0.45 if best else 0.9)
-            if best:
-                dy, right = places[p.name]
-                ax.annotate(display_label(p["config"], 20), (p["x"], p["robustness"]), xytext=(-4 if right else 4, dy),
-                            textcoords="offset points", fontsize=6, ha="right" if right else "left")
-        # The default 3×10⁻¹-style minor labels collide at this width: plain numbers at 1-2-5 steps for a
-        # narrow range, powers of ten (at most 6) for a wide one.
-        decades = math.log10(points["x"].max() / points["x"].min())
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 1.5 else (1.0,), numticks=6))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}") if decades <= 3 else LogFormatterSciNotation())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.margins(x=0.15, y=0.12)
+        ncol = 2 * len(costs)
+        legend_rows = -(-(len(configs) + len(sigmas) + 2) // ncol)
+        fig = Figure(figsize=(WIDTH * len(costs), 2.4 + 0.16 * legend_rows), layout="constrained")
+        axes = fig.subplots(1, len(costs), sharey=True, squeeze=False)[0]
+        for ax, c, points in zip(axes, costs, panels):
+            floor = NFE_FLOOR if c == "nfe" else SECONDS_FLOOR
+            points["x"] = points["cost"].clip(lower=floor)
+            _draw_pareto(ax, points, colors, markers)
+            ax.set_xlabel(_x_label(c, timings))
+        axes[0].set_ylabel(ylabel)
         handles = [Line2D([], [], ls="", marker="o", color=colors[c], label=display_label(c, 24)) for c in configs]
         handles += [Line2D([], [], ls="", marker=markers[s], color="0.4", label=f"σ={s:g}") for s in sigmas]
         handles += [Line2D([], [], ls="", marker=BEST_MARKER, ms=8, color="0.4", label="best over σ"),
                     Line2D([], [], color="0.35", ls="--", lw=1, label="Pareto front (outlined)")]
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
         return _save(fig, out, formats)
 
 

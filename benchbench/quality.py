@@ -96,6 +96,11 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
     out = []
     for label, purifier in purifiers.items():
         for sigma in sigmas:
+            clf = classifier
+            if hasattr(purifier, "classifier_for"):  # the Cohen et al. baseline: its noise-trained classifier
+                from benchbench.models.store import load_classifier
+
+                clf = load_classifier(purifier.classifier_for(sigma), device)
             mse, dist, kept = [], [], []
             for idx in indices:
                 x = images[idx].to(device)
@@ -109,7 +114,7 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
                     mse.append(((purified - clean) ** 2).flatten(1).mean(1))
                     if distance is not None:
                         dist.append(torch.as_tensor(distance(purified, clean)).reshape(-1).float())
-                    logits = classifier(purified)
+                    logits = clf(purified)
                     voted = majority_vote(logits.argmax(1), votes, logits.shape[1])  # the label certification counts
                     kept.append((voted == int(labels[idx])).float())
             rec = {"purifier": label, "sigma": float(sigma), "images": len(indices), "copies": copies,

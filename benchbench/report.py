@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest
 
 from benchbench.errors import BenchError, InvalidArgument, UnknownName
 from benchbench.results import RADII, load_rows, read_config, summarize, write_atomic
@@ -37,6 +37,33 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float
         raise InvalidArgument(f"level must lie strictly between 0 and 1, got {level}")
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
     return float(ci.low), float(ci.high)
+
+
+def selection_interval(ks: Sequence[int], n: int, level: float = 0.95) -> tuple[float, float]:
+    """An interval for max_σ p_σ, the best-over-σ accuracy, that stays valid although σ is chosen after
+    seeing the data: exact Clopper–Pearson intervals [L_σ, U_σ] for each of the m = len(ks) cells at level
+    1 − (1 − level)/m (Bonferroni), reported as [max L_σ, max U_σ].
+
+    With probability ≥ ``level`` every p_σ lies in its interval at once, and then max_σ p_σ lies in
+    [max L_σ, max U_σ]. ``ks``: certified counts per σ, each out of ``n`` images.
+    """
+    if len(ks) == 0:
+        raise InvalidArgument("selection_interval needs at least one cell")
+    per_cell = 1 - (1 - level) / len(ks)
+    bounds = [binomial_interval(int(k), n, per_cell) for k in ks]
+    return max(b[0] for b in bounds), max(b[1] for b in bounds)
+
+
+def false_certificate_bound(k: int, alpha: float, delta: float = 0.05) -> int:
+    """m such that, with probability ≥ 1 − δ, at most m of ``k`` certificates are wrong.
+
+    Each certificate CERTIFY returns is wrong with probability ≤ α, independently across images (Cohen et
+    al. 2019), so the number of wrong ones is stochastically at most Binomial(k, α); m is that
+    distribution's (1 − δ) quantile: the smallest m with P(Binomial(k, α) ≤ m) ≥ 1 − δ.
+    """
+    if k == 0:
+        return 0
+    return int(binom.ppf(1 - delta, k, alpha))
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
@@ -76,12 +103,17 @@ def per_sigma(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFram
 
 
 def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.DataFrame | None = None,
-                level: float = 0.95, expected_images: int | None = None) -> pd.DataFrame:
+                level: float = 0.95, expected_images: int | None = None, alpha_aware: float | None = None,
+                alpha: float | None = None) -> pd.DataFrame:
     """One row per purifier configuration, in run order, with best-over-σ numbers.
 
     For each radius r: ``acc@r`` (certified accuracy, a fraction, at the σ that maximises it; ties go to
-    the smallest σ), ``acc@r_sigma`` (that σ) and ``acc@r_low``/``acc@r_high`` (the exact ``level``
-    Clopper–Pearson interval of that cell's k/n). ``acr`` is the best-over-σ average certified radius
+    the smallest σ), ``acc@r_sigma`` (that σ) and ``acc@r_low``/``acc@r_high``: an interval for the best
+    σ's accuracy that is valid under that selection (:func:`selection_interval`: per-σ exact intervals at
+    level 1 − (1 − ``level``)/|Σ|, reported as [max L, max U]; with one σ, the plain exact interval).
+    With ``alpha_aware`` = δ, also ``acc@r_hp``: Cohen et al.'s certificates are each wrong with
+    probability ≤ α, so with probability ≥ 1 − δ the best cell's accuracy is at least (k − m)/n with m
+    from :func:`false_certificate_bound` and the run's ``alpha``. ``acr`` is the best-over-σ average certified radius
     and ``acr_sigma`` its σ. ``nfe`` (network calls per noisy sample) and ``sec_per_image`` are means over
     all of the configuration's rows, every σ: the cost of the configuration, whatever σ is deployed.
 
@@ -98,6 +130,8 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
     """
     if rows.empty:
         raise BenchError("the run has no rows yet; nothing to report")
+    if alpha_aware is not None and (alpha is None or not 0 < alpha_aware < 1):
+        raise InvalidArgument(f"alpha-aware accuracy needs the run's α and 0 < δ < 1, got δ={alpha_aware}")
     cells = per_sigma(rows, radii)
     table = []
     for label in _run_order(rows):
@@ -109,8 +143,12 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
             best = mine.loc[mine[f"acc@{r:g}"].idxmax()]  # idxmax takes the first maximum: the smallest σ
             rec[f"acc@{r:g}"] = float(best[f"acc@{r:g}"])
             rec[f"acc@{r:g}_sigma"] = float(best["sigma"])
-            low, high = binomial_interval(int(best[f"certified@{r:g}"]), int(best["images"]), level)
+            # Cells of one purifier share its images, so n is one number (the run's image count).
+            low, high = selection_interval(mine[f"certified@{r:g}"].tolist(), int(mine["images"].max()), level)
             rec[f"acc@{r:g}_low"], rec[f"acc@{r:g}_high"] = low, high
+            if alpha_aware is not None:
+                k, n = int(best[f"certified@{r:g}"]), int(best["images"])
+                rec[f"acc@{r:g}_hp"] = (k - false_certificate_bound(k, alpha, alpha_aware)) / n
         best = mine.loc[mine["acr"].idxmax()]
         rec["acr"], rec["acr_sigma"] = float(best["acr"]), float(best["sigma"])
         g = rows[rows["purifier"] == label]
@@ -172,10 +210,12 @@ def _display(table: pd.DataFrame, radii: Sequence[float], latex: bool) -> pd.Dat
         cells = []
         for _, row in table.iterrows():
             interval = f"[{_pct(row[key + '_low'])}, {_pct(row[key + '_high'])}]"
+            hp = f" ≥{_pct(row[key + '_hp'])}" if key + "_hp" in row.index else ""
             if latex:
-                cells.append(rf"{_pct(row[key])} {{\scriptsize ({sig}{row[key + '_sigma']:g}) {interval}}}")
+                hp = hp.replace("≥", r"$\geq$")
+                cells.append(rf"{_pct(row[key])} {{\scriptsize ({sig}{row[key + '_sigma']:g}) {interval}{hp}}}")
             else:
-                cells.append(f"{_pct(row[key])} ({sig}{row[key + '_sigma']:g}) {interval}")
+                cells.append(f"{_pct(row[key])} ({sig}{row[key + '_sigma']:g}) {interval}{hp}")
         shown[col] = cells
     if coverage_warning(table) is not None:
         shown["images"] = [f"{_range(lo, hi)}/{n}" for lo, hi, n in
@@ -191,13 +231,17 @@ def _legend(table: pd.DataFrame, latex: bool) -> str:
     images = (f"over the images in the images column (of {int(table['images_expected'].max())}; a partial run)"
               if partial else f"over {int(table['images'].max())} images")
     if latex:
-        sigma, ell, pct, dagger = r"$\sigma$", r"$\ell_2$", r"\%", r"$^\dagger$"
+        sigma, ell, pct, dagger, geq = r"$\sigma$", r"$\ell_2$", r"\%", r"$^\dagger$", r"$\geq$"
     else:
-        sigma, ell, pct, dagger = "σ", "ℓ2", "%", PARETO_MARK
+        sigma, ell, pct, dagger, geq = "σ", "ℓ2", "%", PARETO_MARK, "≥"
+    hp = any(c.endswith("_hp") for c in table.columns)
     return (f"Certified accuracy ({pct}) at {ell} radius r {images}, best over {sigma} (the {sigma} "
-            f"that gave it), with its exact 95{pct} Clopper–Pearson interval; ACR = average certified radius, best "
-            f"over {sigma}; NFE = network calls per noisy sample; s/image = certification seconds per image. "
-            f"{dagger} = Pareto-optimal in (s/image, ACR).")
+            f"that gave it), with a 95{pct} interval valid although {sigma} was chosen on the same data (exact "
+            f"Clopper–Pearson per {sigma} at level 1 − 0.05/|{sigma}s|, reported as [max lower, max upper])"
+            + (f"; {geq}x = Cohen et al.'s α-aware bound: with probability ≥ 95{pct} at least x{pct} of the "
+               f"images hold a correct certificate (each certificate is wrong with probability ≤ α)" if hp else "")
+            + f"; ACR = average certified radius, best over {sigma}; NFE = network calls per noisy sample; s/image "
+            f"= certification seconds per image. {dagger} = Pareto-optimal in (s/image, ACR).")
 
 
 def _quality_long(table: pd.DataFrame) -> pd.DataFrame:
@@ -331,6 +375,44 @@ def mcnemar_exact(rows: pd.DataFrame, a: str, b: str, sigma: float, radius: floa
     return McNemarResult(a, b, float(match[0]), float(radius), len(shared), b01, b10, p)
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: with p₍₁₎ ≤ … ≤ p₍ₘ₎, the adjusted p₍ᵢ₎ is
+    max_{j ≤ i} min(1, (m − j + 1)·p₍ⱼ₎). A hypothesis is rejected at family-wise level a when its adjusted
+    p ≤ a. Written out: scipy has no Holm (only Benjamini–Hochberg), and statsmodels would be a dependency
+    for these few lines."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """One pair of a family of McNemar tests, with its Holm-adjusted p-value and whether it survives."""
+
+    test: McNemarResult
+    p_holm: float
+    significant: bool
+
+    def __str__(self) -> str:
+        verdict = "significant" if self.significant else "not significant"
+        return f"{self.test}; Holm-adjusted p = {self.p_holm:.4g} ({verdict})"
+
+
+def compare_pairs(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]], sigma: float, radius: float,
+                  family_alpha: float = 0.05) -> list[PairVerdict]:
+    """Exact McNemar tests of every pair at one σ and radius, with Holm's correction over the pairs so that
+    the chance of any false "significant" stays ≤ ``family_alpha``."""
+    if not 0 < family_alpha < 1:
+        raise InvalidArgument(f"family alpha must lie strictly between 0 and 1, got {family_alpha}")
+    tests = [mcnemar_exact(rows, a, b, sigma, radius) for a, b in pairs]
+    adjusted = holm([t.pvalue for t in tests])
+    return [PairVerdict(t, p, p <= family_alpha) for t, p in zip(tests, adjusted)]
+
+
 # --- the run directory ---------------------------------------------------------------------------------
 
 
@@ -340,16 +422,20 @@ def load_run_rows(run_dir: Path | str) -> pd.DataFrame:
     return load_rows(Path(run_dir))
 
 
-def write_report(run_dir: Path | str, radii: Sequence[float] = RADII) -> pd.DataFrame:
+def write_report(run_dir: Path | str, radii: Sequence[float] = RADII,
+                 alpha_aware: float | None = None) -> pd.DataFrame:
     """Write ``report.md``, ``report.csv`` and ``report.tex`` into ``run_dir`` and return the table.
 
-    ``quality.csv``, when the run directory has one, is merged in (see :func:`paper_table`).
+    ``quality.csv``, when the run directory has one, is merged in (see :func:`paper_table`);
+    ``alpha_aware`` = δ adds Cohen et al.'s α-aware certified accuracy with probability ≥ 1 − δ.
     """
     run_dir = Path(run_dir)
     rows = load_run_rows(run_dir)
-    expected = len(read_config(run_dir)["experiment"].get("image_indices") or []) or None
     quality = pd.read_csv(run_dir / QUALITY_FILE) if (run_dir / QUALITY_FILE).is_file() else None
-    table = paper_table(rows, radii, quality=quality, expected_images=expected)
+    experiment = read_config(run_dir)["experiment"]
+    expected = len(experiment.get("image_indices") or []) or None
+    table = paper_table(rows, radii, quality=quality, expected_images=expected, alpha_aware=alpha_aware,
+                        alpha=experiment.get("alpha"))
     write_atomic(run_dir / "report.csv", table.to_csv(index=False))
     write_atomic(run_dir / "report.md", format_markdown(table, radii) + "\n")
     write_atomic(run_dir / "report.tex", format_latex(table, radii))

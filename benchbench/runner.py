@@ -177,6 +177,12 @@ class RunResult:
     failures: dict[str, str] = field(default_factory=dict)  # purifier label → the one-line reason it stopped
 
 
+def _distance_record(dataset: str) -> dict[str, str]:
+    from benchbench.perceptual import default_perceptual, distance_record
+
+    return distance_record(default_perceptual(dataset))
+
+
 @dataclass
 class Context:
     """The models and data a run certifies with, on one device: what a task needs, wherever it runs."""
@@ -188,6 +194,9 @@ class Context:
     classifier: torch.nn.Module
     classifier_ref: str
     purifiers: dict[str, Purifier]
+    # (purifier label, σ) → the classifier that purifier is certified with instead (the Cohen et al. baseline)
+    own_refs: dict[tuple[str, float], str] = field(default_factory=dict)
+    own_classifiers: dict[tuple[str, float], torch.nn.Module] = field(default_factory=dict)
 
     @property
     def noise_device(self) -> torch.device:
@@ -219,7 +228,16 @@ def build_context(config: RunConfig, device: torch.device) -> Context:
     }
     for label, purifier in purifiers.items():
         check_purifier(purifier, label, test)
-    return Context(config, device, test, config.image_indices(len(test)), classifier, classifier_ref, purifiers)
+    # A purifier with classifier_for(σ) (the Cohen et al. baseline) is certified with its own classifier
+    # at each σ; resolved here, so a missing one is refused before anything is written.
+    own_refs = {(label, sigma): p.classifier_for(sigma) for label, p in purifiers.items()
+                if hasattr(p, "classifier_for") for sigma in config.sigmas}
+    own_classifiers = {}
+    for key, ref in own_refs.items():
+        own_classifiers[key] = load_classifier(ref, device, config.dataset)
+        check_classifier(own_classifiers[key], ref, test)
+    return Context(config, device, test, config.image_indices(len(test)), classifier, classifier_ref, purifiers,
+                   own_refs, own_classifiers)
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -241,7 +259,10 @@ def prepare(config: RunConfig) -> Prepared:
         "num_classes": ctx.test.num_classes,
         "purifiers": [
             {"label": s.label, "name": s.name, "params": s.params,
-             "model": getattr(ctx.purifiers[s.label], "fingerprint", None)}
+             "model": getattr(ctx.purifiers[s.label], "fingerprint", None),
+             **({"classifiers": {f"{sg:g}": {"ref": ref, "fingerprint": fingerprint(ref, "classifier")}
+                                 for (lab, sg), ref in ctx.own_refs.items() if lab == s.label}}
+                if hasattr(ctx.purifiers[s.label], "classifier_for") else {})}
             for s in config.purifiers
         ],
         "sigmas": list(config.sigmas),
@@ -261,7 +282,9 @@ def prepare(config: RunConfig) -> Prepared:
     }
     extra: dict[str, Any] = {"preset": config.preset, "batch_size": config.batch_size, "executor": config.executor,
                              "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
-                             "data_source": ctx.test.meta.get("source")}
+                             "data_source": ctx.test.meta.get("source"),
+                             # what quality.csv's LPIPS-style distance is built on (not the certified classifier)
+                             "perceptual_distance": _distance_record(config.dataset)}
     if config.shard:
         extra["shard"] = str(Shard.parse(config.shard))
     run_config = {"experiment": experiment, "environment": environment(device, **extra), "files": files}
@@ -287,7 +310,7 @@ def _preflight(p: Prepared, label: str, sigma: float) -> None:
     batch = next(noisy_batches(x, 2, sigma=sigma, batch_size=2, generator=gen))
     purifier = p.purifiers[label]
     try:
-        with ActivationMeter([*purifier.networks, p.classifier]) as meter, torch.inference_mode():
+        with ActivationMeter([*purifier.networks, p.own_classifiers.get((label, sigma), p.classifier)]) as meter, torch.inference_mode():
             _classify(p, label, sigma, batch, [idx, idx], [0, 1])
     except PluginFault as exc:
         raise InvalidArgument(f"{exc} (checked before the run; nothing written)") from exc
@@ -302,6 +325,8 @@ def _classify(ctx: Context, label: str, sigma: float, batch: torch.Tensor, idx: 
     """Labels (B,) of the smoothed pipeline for a batch whose row j is noisy copy ``copies[j]`` of image
     ``idx[j]``: purify (with each copy's own noise when stochastic), check, classify, check, vote."""
     purifier = ctx.purifiers[label]
+    classifier = ctx.own_classifiers.get((label, sigma), ctx.classifier)
+    classifier_ref = ctx.own_refs.get((label, sigma), ctx.classifier_ref)
     votes = getattr(purifier, "votes", 1)
     noise = CopyNoise(ctx.config.seed, sigma, idx, copies) if getattr(purifier, "stochastic", False) else None
 
@@ -317,16 +342,16 @@ def _classify(ctx: Context, label: str, sigma: float, batch: torch.Tensor, idx: 
             _raise_if_oom(exc, where(None))
             raise PluginFault(f"{where(None)} raised {type(exc).__name__}: {_first_line(exc)}") from exc
         try:
-            logits = ctx.classifier(out)
+            logits = classifier(out)
         except Exception as exc:
             _raise_if_oom(exc, where(None))
-            raise PluginFault(f"classifier {ctx.classifier_ref!r} on {where(None)} raised {type(exc).__name__}: "
+            raise PluginFault(f"classifier {classifier_ref!r} on {where(None)} raised {type(exc).__name__}: "
                               f"{_first_line(exc)}") from exc
     try:
         logits = check_logits(logits, len(out), ctx.test.num_classes)
     except OutputError as exc:
         row = None if exc.row is None else exc.row // votes
-        raise PluginFault(f"classifier {ctx.classifier_ref!r} on {where(row)}: {exc.reason}") from None
+        raise PluginFault(f"classifier {classifier_ref!r} on {where(row)}: {exc.reason}") from None
     return majority_vote(logits.argmax(1), votes, ctx.test.num_classes)
 
 

@@ -2,41 +2,55 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from benchbench.data import dataset_info
 from benchbench.errors import InvalidArgument
-from benchbench.models.consistency import load_consistency, multistep_levels, purify
+from benchbench.models.consistency import (DEFAULT_SIGMA_MODE, assumed_level, check_sigma_mode,
+                                           load_consistency, multistep_levels, purify)
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
 from benchbench.seeding import CopyNoise
 
 CLASS_LABEL_POLICIES = ("auto", "none", "predicted")
 
+# Tolerated mismatch between the noise level the model is given or assumes and the true 2σ.
+TOPUP_WARN = 0.10    # a top-up adding more than 10% noise warns
+NEAREST_WARN = 0.15  # a nearest grid level more than 15% away warns
+
 
 class ConsistencyBase:
     """Loads a consistency model of ``kind`` (embedded name, ``ConsistencyModelPipeline`` folder or hub id;
     when ``model`` is None, the dataset's embedded model or its default hub model) and purifies in ``steps``
-    network calls.
+    network calls, calling the model at 2σ as ``sigma_mode`` says
+    (:func:`benchbench.models.consistency.first_call`).
 
     ``class_label`` is what a class-conditional UNet (``num_class_embeds`` in its config, e.g.
     ``openai/diffusers-cd_imagenet64_lpips``) is told: ``none`` (unconditional models only) or
     ``predicted``: the base classifier's label of the same noisy input x + δ, one classifier call per noisy
     sample before purifying; ``auto`` (the default) is ``predicted`` for a class-conditional model and
-    ``none`` otherwise. The policy in effect is part of the fingerprint recorded in config.json. The certificate stays valid: the label is a function of x + δ alone (the
-    classifier is fixed), so the purifier stays a (randomised) function of x + δ, which is all randomized
-    smoothing asks of the base classifier; the clean label is never used. Those classifier calls add to
-    the measured time, not to NFE (which counts the diffusion network).
+    ``none`` otherwise. The policy in effect is part of the fingerprint recorded in config.json. The
+    certificate stays valid: the label is a function of x + δ alone (the classifier is fixed), so the
+    purifier stays a (randomised) function of x + δ, which is all randomized smoothing asks of the base
+    classifier; the clean label is never used. Those classifier calls add to the measured time, not to NFE
+    (which counts the diffusion network).
     """
 
     kind = "consistency"
 
-    def __init__(self, model: str | None = None, device: str = "cpu", dataset: str = "digits", steps: int = 1,
-                 class_label: str = "auto", classifier: torch.nn.Module | None = None):
+    def __init__(self, steps: int = 1, sigma_mode: str = DEFAULT_SIGMA_MODE, model: str | None = None,
+                 class_label: str = "auto", device: str = "cpu", dataset: str = "digits",
+                 classifier: torch.nn.Module | None = None):
         self.model_ref = model or self._default_model(dataset)
+        self.sigma_mode = check_sigma_mode(sigma_mode)
+        # Only the top-up and multistep sampling draw noise; nearest/exact one-step purification is deterministic.
+        self.stochastic = sigma_mode == "topup" or steps > 1
         self.device = torch.device(device)
         self.model = load_consistency(self.model_ref, self.device, self.kind)
         multistep_levels(self.model.sigmas, 0, steps)  # refuse an impossible step count now, not mid-run
         self.steps = steps
+        self._checked: set[float] = set()
         self.networks = (self.model.unet,)
         config = self.model.unet.config
         size = config.sample_size
@@ -79,29 +93,47 @@ class ConsistencyBase:
         if self.class_label != "none":
             text += f";class_label={self.class_label}"
         cfg = (read_manifest(self.model_ref, self.kind) or {}).get("training_config", {})
-        for key in ("distance", "distill_distance"):
+        for key in ("distance", "distill_distance", "feature_network_fingerprint"):
             if cfg.get(key):
                 text += f";{key}={cfg[key]}"
         return text
 
-    stochastic = True  # the top-up and multistep noise come from the batch's CopyNoise
+    def noise_mismatch(self, sigma: float) -> float:
+        """Relative gap between the level the model is given or assumes and the true 2σ (0 for ``exact``)."""
+        return assumed_level(self.model.sigmas, sigma, self.sigma_mode) / (2 * sigma) - 1
+
+    def _warn_once(self, sigma: float) -> None:
+        if sigma in self._checked or 2 * sigma <= self.model.sigma_min:
+            return
+        self._checked.add(sigma)
+        gap = self.noise_mismatch(sigma)
+        if self.sigma_mode == "topup" and gap > TOPUP_WARN:
+            warnings.warn(f"{self.kind}: at σ={sigma:g} the top-up to the grid inflates the noise by "
+                          f"{100 * gap:.0f}% (2σ={2 * sigma:g} → {2 * sigma * (1 + gap):.3g}); "
+                          f"sigma_mode=exact evaluates the model at 2σ itself", stacklevel=3)
+        elif self.sigma_mode == "nearest" and abs(gap) > NEAREST_WARN:
+            warnings.warn(f"{self.kind}: at σ={sigma:g} the nearest grid level is {100 * gap:+.0f}% from 2σ; "
+                          f"sigma_mode=exact evaluates the model at 2σ itself", stacklevel=3)
 
     @torch.no_grad()
-    def __call__(self, x_noisy: torch.Tensor, sigma: float, noise: CopyNoise) -> torch.Tensor:
+    def __call__(self, x_noisy: torch.Tensor, sigma: float, noise: CopyNoise | None = None) -> torch.Tensor:
+        self._warn_once(sigma)
         labels = self.classifier(x_noisy).argmax(1) if self.classifier is not None else None
-        return purify(self.model, x_noisy, sigma, noise, self.steps, labels)
+        return purify(self.model, x_noisy, sigma, noise, self.steps, labels, self.sigma_mode)
 
 
 class ConsistencyPurifier(ConsistencyBase):
-    """Consistency purification: one consistency-model call from 2σ (topped up to the next grid level).
+    """Consistency purification: one consistency-model call at noise level 2σ (`sigma_mode`: exact/nearest/topup).
 
     x_noisy = x + δ in [0, 1] is 2·x_noisy − 1 = x₀ + 2σ·ε in the model's [-1, 1] scale: VE noise level 2σ.
-    When 2σ is not a level σ_k of the model's training grid, independent noise √(σ_k² − 4σ²)·ε' from the
-    purifier's per-copy noise first raises it to the next level σ_k ≥ 2σ, so the model sees exactly the noise
-    level it was trained on; the purifier is then a randomised function of x + δ alone, which keeps the
-    smoothing certificate valid. One network call gives f(x, σ_k), clipped to [-1, 1] and mapped to [0, 1].
-    With ``steps`` > 1, multistep consistency sampling: re-noise the estimate to smaller grid levels and
-    apply f again (``steps`` network calls). Default model: the embedded distilled ``digits`` model.
+    ``sigma_mode`` ``nearest`` (default; chosen on val) calls f at the grid level nearest to 2σ and warns
+    when that level is more than 15% away; ``exact`` calls f(x, 2σ) (c_skip, c_out, t(σ) are continuous);
+    both are deterministic; ``topup`` first adds independent noise
+    √(σ_k² − 4σ²)·ε' from the purifier's per-copy noise to reach the next grid level σ_k ≥ 2σ (a randomised
+    function of x + δ alone, so the certificate stays valid) and warns when that inflates the noise by more
+    than 10%. The output is clipped to [-1, 1] and mapped to [0, 1]. With ``steps`` > 1, multistep
+    consistency sampling on the grid levels below (``steps`` network calls). Default model: the embedded
+    distilled ``digits`` model.
     """
 
     kind = "consistency"
@@ -110,10 +142,9 @@ class ConsistencyPurifier(ConsistencyBase):
 class ConsistencyFTPurifier(ConsistencyBase):
     """Consistency purification with the LPIPS fine-tuned model (Li et al. 2024): one call from 2σ.
 
-    Same procedure as :class:`ConsistencyPurifier` (top-up to the next grid level σ_k ≥ 2σ with the
-    purifier's per-copy noise, f(x, σ_k), clip, map to [0, 1]; ``steps`` > 1 for multistep), with a model
-    fine-tuned to minimise the LPIPS-style distance between purified and clean images at σ ∈ {0.25, 0.5, 1}.
-    Default model: the embedded ``digits`` model of kind ``consistency-ft``.
+    Same procedure and ``sigma_mode`` as :class:`ConsistencyPurifier`, with a model fine-tuned with Li et
+    al.'s objective (the LPIPS-style distance between purified and clean ``train`` images at σ ∈ {0.25,
+    0.5, 1}, no anchor term). Default model: the embedded ``digits`` model of kind ``consistency-ft``.
     """
 
     kind = "consistency-ft"

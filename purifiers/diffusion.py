@@ -110,3 +110,25 @@ class DDPMBase:
     def to_image(x0: torch.Tensor) -> torch.Tensor:
         """Clip an estimate of x₀ in [-1, 1] and map it to [0, 1]."""
         return (x0.clamp(-1, 1) + 1) / 2
+
+
+def ancestral_step(alphas_cumprod: torch.Tensor, eps: torch.Tensor, t: int, prev_t: int, x_t: torch.Tensor,
+                   z: torch.Tensor | None, clip: float | None = 1.0) -> torch.Tensor:
+    """One ancestral DDPM step x_t → x_{prev_t} (Ho et al. 2020, eq. 7; ``prev_t`` = −1 means x₀), with the
+    posterior's "fixed small" variance and x̂₀ clipped to [−clip, clip], as diffusers' ``DDPMScheduler.step``
+    with custom timesteps computes it; the noise ``z`` (same shape as x_t; unused when t = 0) is given.
+
+    Written out because ``DDPMScheduler.step`` draws its noise itself from a generator, and a stochastic
+    purifier must draw every sample from its per-copy noise (``CopyNoise``).
+    """
+    a_t = float(alphas_cumprod[t])
+    a_prev = float(alphas_cumprod[prev_t]) if prev_t >= 0 else 1.0
+    alpha, beta = a_t / a_prev, 1 - a_t / a_prev
+    x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+    mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(alpha) * (1 - a_prev) / (1 - a_t)) * x_t
+    if t == 0:
+        return mean
+    variance = max((1 - a_prev) / (1 - a_t) * beta, 1e-20)
+    return mean + math.sqrt(variance) * z

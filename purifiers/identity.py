@@ -6,7 +6,7 @@ import torch
 
 
 class IdentityPurifier:
-    """No purification: the classifier sees x + δ itself (Cohen et al. 2019)."""
+    """No purification: the run's classifier sees x + δ itself (clean-trained: not Cohen et al.'s baseline, see `cohen`)."""
 
     networks: tuple[torch.nn.Module, ...] = ()
     # Noisy images leave [0, 1]; the output check must not clip or refuse them.

@@ -10,7 +10,7 @@ from purifiers.diffusion import DDPMBase, strided_timesteps
 
 
 class SDEPurifier(DDPMBase):
-    """Reverse SDE: ancestral DDPM steps from t* down to 0 over `steps` timesteps (`steps` network calls)."""
+    """Reverse SDE: ancestral DDPM steps from t* down to 0 over `steps` timesteps (`steps` calls); one sample, not DensePure."""
 
     def __init__(self, steps: int = 10, model: str | None = None, device: str = "cpu", dataset: str = "digits"):
         super().__init__(model=model, device=device, dataset=dataset)

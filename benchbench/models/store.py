@@ -127,6 +127,21 @@ def load_classifier(ref: str, device: str | torch.device = "cpu", dataset: str =
     return build_classifier(ref, device, dataset)
 
 
+def noise_classifier_ref(dataset: str, sigma: float) -> str | None:
+    """The embedded classifier of ``dataset`` trained under Gaussian noise σ (``classifier-noise-<σ>``,
+    Cohen et al.'s baseline), as a folder path; None when none ships for that σ."""
+    path = ASSETS / dataset / f"classifier-noise-{sigma:g}"
+    return str(path) if path.is_dir() else None
+
+
+def load_feature_net(ref: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a perceptual feature network (:class:`~benchbench.models.feature_net.FeatureNet`, kind
+    ``perceptual``) in eval mode on ``device``."""
+    from benchbench.models.feature_net import FeatureNet
+
+    return _load(FeatureNet, ref, "perceptual").to(device).eval()
+
+
 def load_ddpm(ref: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
     """Load a DDPM pipeline folder or hub id; returns (UNet2DModel in eval mode, DDPMScheduler)."""
     from diffusers import DDPMScheduler, UNet2DModel

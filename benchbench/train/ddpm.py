@@ -64,7 +64,7 @@ def train_ddpm(out: str | Path, config: DDPMConfig, device: str = "cpu") -> dict
     """Train, save to ``out`` as a DDPMPipeline folder with a manifest, and return the manifest."""
     out = prepare_output(out)
     gen = seed_everything(config.seed)
-    train, test = get_dataset(config.dataset, "train"), get_dataset(config.dataset, "test")
+    train, val = get_dataset(config.dataset, "train"), get_dataset(config.dataset, "val")
     x_train = (train.images * 2 - 1).to(device)
     unet = build_unet(config, x_train.shape[1], x_train.shape[-1]).to(device)
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
@@ -90,9 +90,9 @@ def train_ddpm(out: str | Path, config: DDPMConfig, device: str = "cpu") -> dict
     eval_gen = torch.Generator().manual_seed(12345)
     metrics = {
         "train_loss_ema_smoothed": running,
-        "test_eps_mse_by_t": eps_mse(final, scheduler, test.images * 2 - 1, [10, 50, 100, 200, 400, 700], eval_gen),
+        "val_eps_mse_by_t": eps_mse(final, scheduler, val.images * 2 - 1, [10, 50, 100, 200, 400, 700], eval_gen),
     }
     DDPMPipeline(unet=final, scheduler=scheduler).save_pretrained(out)
-    split = {"dataset": config.dataset, "train": len(train), "test": len(test)}
+    split = {"dataset": config.dataset, "train": len(train), "val": len(val), "metrics_on": "val"}
     cfg = {**asdict(config), "split": split, "ema": True, "prediction_type": "epsilon", "data_range": [-1, 1]}
     return write_manifest(out, kind="ddpm", config=cfg, metrics=metrics, seconds=seconds, device=device)

@@ -32,7 +32,7 @@ from benchbench.errors import BenchError, InvalidArgument
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import fingerprint, load_ddpm
-from benchbench.perceptual import Distance, get_distance, resolve_distance
+from benchbench.perceptual import Distance, distance_record, get_distance, resolve_distance
 from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
                                      write_manifest)
 
@@ -54,7 +54,7 @@ class DistillConfig:
     rho: float = 7.0
     target_ema: float = 0.0        # μ of θ⁻; 0 = stop-gradient copy of θ (faster here than Song et al.'s 0.95)
     ema_decay: float = 0.999       # the saved weights: EMA of θ
-    distance: str = "lpips"        # "lpips" (the dataset's default LPIPS: digits-cnn on digits), or a name in DISTANCES
+    distance: str = "lpips"        # "lpips" (the dataset's default LPIPS: digits-ssl on digits), or a name in DISTANCES
     init_from_teacher: bool = True
     warm_start_steps: int = 300    # first regress f_θ onto the teacher's denoiser D (see warm_start_loss)
     seed: int = 0
@@ -162,8 +162,8 @@ def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -
     if config.evaluate if config.evaluate is not None else config.dataset == "digits":
         metrics.update(evaluate_consistency(final, dataset=config.dataset, teacher=config.teacher))
     split = {"dataset": config.dataset, "train": len(train),
-             "test": len(get_dataset(config.dataset, "test", data_dir=config.data_dir))}
-    cfg = {**asdict(config), "distance": distance_name, "distance_requested": config.distance, "split": split,
+             "val": len(get_dataset(config.dataset, "val", data_dir=config.data_dir)), "metrics_on": "val"}
+    cfg = {**asdict(config), **distance_record(distance_name), "distance_requested": config.distance, "split": split,
            "teacher_fingerprint": fingerprint(config.teacher, "ddpm"),
            "teacher_solver": "heun (one step per grid pair)",
            "ema": True, "data_range": [-1, 1]}
