@@ -294,7 +294,7 @@ def test_ancestral_step_is_diffusers_ddpm_step_with_given_noise():
 
 
 def test_majority_vote_ties_go_to_the_lowest_class():
-    from benchbench.runner import majority_vote
+    from benchbench.validate import majority_vote
 
     labels = torch.tensor([3, 1, 3, 2, 2, 7, 4, 1, 1])  # votes of 3 inputs, K = 3
     assert majority_vote(labels, 3, 10).tolist() == [3, 2, 1]
@@ -304,19 +304,19 @@ def test_majority_vote_ties_go_to_the_lowest_class():
 def test_densepure_samples_depend_on_the_copy_alone(tiny_ddpm):
     from benchbench.nfe import ForwardCounter
     from benchbench.registry import get_purifier
-    from benchbench.runner import purify_copies
+    from benchbench.quality import purify_copies
 
     p = get_purifier("densepure", k=3, steps=4, model=str(tiny_ddpm))
     assert p.stochastic and p.votes == 3
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with ForwardCounter(p.networks) as counter:
-        whole = purify_copies(p, x, 0.5, seed=1, idx=7)
+        whole = purify_copies(p, "densepure", x, 0.5, seed=1, idx=7)
     assert whole.shape == (12, 1, 8, 8) and counter.rows == 4 * 3 * 4  # K·steps calls per copy
-    halves = torch.cat([purify_copies(p, x[:2], 0.5, seed=1, idx=7),
-                        purify_copies(p, x[2:], 0.5, seed=1, idx=7, first_copy=2)])
+    halves = torch.cat([purify_copies(p, "densepure", x[:2], 0.5, seed=1, idx=7),
+                        purify_copies(p, "densepure", x[2:], 0.5, seed=1, idx=7, first_copy=2)])
     torch.testing.assert_close(whole, halves)
     assert not torch.allclose(whole[0], whole[1])  # the K samples of one copy differ
-    assert not torch.allclose(whole, purify_copies(p, x, 0.5, seed=2, idx=7))
+    assert not torch.allclose(whole, purify_copies(p, "densepure", x, 0.5, seed=2, idx=7))
 
 
 def test_cohen_and_densepure_rows_in_a_run(tmp_path, tiny_ddpm, capsys):
