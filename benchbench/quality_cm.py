@@ -103,7 +103,7 @@ def purification_scores(model: ConsistencyModel, images: torch.Tensor, labels: t
     for sigma in sigmas:
         gen = torch.Generator().manual_seed(seed)
         x_noisy = images + sigma * torch.randn(images.shape, generator=gen)
-        purified = purify(model, x_noisy.to(device), sigma, gen, steps, sigma_mode)
+        purified = purify(model, x_noisy.to(device), sigma, gen, steps, mode=sigma_mode)
         clean = images.to(device)
         result[str(sigma)] = {
             "lpips": distance(2 * purified - 1, 2 * clean - 1).mean().item(),

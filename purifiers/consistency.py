@@ -119,7 +119,7 @@ class ConsistencyBase:
     def __call__(self, x_noisy: torch.Tensor, sigma: float, noise: CopyNoise | None = None) -> torch.Tensor:
         self._warn_once(sigma)
         labels = self.classifier(x_noisy).argmax(1) if self.classifier is not None else None
-        return purify(self.model, x_noisy, sigma, noise, self.steps, labels, self.sigma_mode)
+        return purify(self.model, x_noisy, sigma, noise, self.steps, labels, mode=self.sigma_mode)
 
 
 class ConsistencyPurifier(ConsistencyBase):
