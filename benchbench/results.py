@@ -381,7 +381,7 @@ def _field(col: str, value: Any) -> str:
     if col == "sigma":
         return repr(float(value))
     if col in _INT_COLUMNS:
-        return str(int(value))
+        return "nan" if isinstance(value, float) and math.isnan(value) else str(int(value))  # n of an import
     if col == "purifier":
         return str(value)
     return f"{float(value):.6g}"

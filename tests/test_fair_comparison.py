@@ -17,6 +17,7 @@ from benchbench.cli import main
 from benchbench.data import get_dataset
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.store import embedded_path, load_classifier, read_manifest
+from benchbench.seeding import CopyNoise
 
 N, SIGMA_MAX = 12, 80.0
 
@@ -184,12 +185,15 @@ def test_exact_mode_calls_f_at_two_sigma_and_draws_no_noise(tiny_cm_folder):
     unet = UNet2DModel.from_pretrained(tiny_cm_folder, subfolder="unet").eval()
     purifier = _cm(tiny_cm_folder, sigma_mode="exact")
     x_noisy = torch.rand(4, 1, 8, 8) + 0.3 * torch.randn(4, 1, 8, 8)
-    state = purifier.generator.get_state()
+    assert not purifier.stochastic  # so the harness hands it no per-copy noise at all
+    noise = CopyNoise.for_copies(0, 0.3, 0, range(4))
+    states = [g.get_state() for g in noise.generators]
     for sigma in (0.12, 0.3, 0.75):
         expected = (reference_f(unet, 2 * x_noisy - 1, 2 * sigma).clamp(-1, 1) + 1) / 2
         torch.testing.assert_close(purifier(x_noisy, sigma), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(purifier(x_noisy, sigma, noise), expected, atol=1e-5, rtol=1e-5)
         assert purifier.noise_mismatch(sigma) == 0.0
-    assert torch.equal(purifier.generator.get_state(), state)
+    assert all(torch.equal(g.get_state(), s) for g, s in zip(noise.generators, states))  # nothing drawn
 
 
 def test_nearest_mode_uses_the_grid_level_closest_in_ratio(tiny_cm_folder):
@@ -331,8 +335,8 @@ def test_cohen_and_densepure_rows_in_a_run(tmp_path, tiny_ddpm, capsys):
     cohen = next(p for p in exp["purifiers"] if p["name"] == "cohen")
     assert cohen["classifiers"]["0.5"]["ref"].endswith("classifier-noise-0.5")
     assert cohen["classifiers"]["0.25"]["fingerprint"].startswith("sha256:")
-    rows = [p for p in out.iterdir() if p.name.startswith("certify_densepure") and p.name.endswith("0.5.tsv")]
-    nfe = [float(line.split("\t")[7]) for line in rows[0].read_text().splitlines()[1:]]
+    entry = next(f for f in config["files"] if f["purifier"].startswith("densepure") and f["sigma"] == 0.5)
+    nfe = [float(line.split("\t")[7]) for line in (out / entry["file"]).read_text().splitlines()[1:]]
     assert nfe == [6.0, 6.0]  # K·steps network calls per noisy sample
     capsys.readouterr()
     bad = tmp_path / "bad"
