@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from benchbench.errors import BenchError, PluginFault, ResourceError
+from benchbench.errors import BenchError, PluginFault, ResourceError, first_line
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -447,9 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         return _fail("out of memory; use a smaller --batch-size", EXIT_FAILED, debug)
     except Exception as exc:  # a bug: still one line, the traceback on request
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return _fail(f"unexpected {type(exc).__name__}: {first} (bench --debug shows the traceback)", EXIT_FAILED,
-                     debug)
+        return _fail(f"unexpected {type(exc).__name__}: {first_line(exc, '')} (bench --debug shows the traceback)",
+                     EXIT_FAILED, debug)
 
 
 def _fail(message: str, status: int, debug: bool) -> int:

@@ -1,6 +1,13 @@
 """User-facing errors: the CLI prints their message as one line on stderr and exits with status 2."""
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first non-blank line of an exception's message, for one-line errors; ``default`` (the exception's
+    type name when None) when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else (type(exc).__name__ if default is None else default)
+
+
 class BenchError(Exception):
     """A problem with what the user asked for (bad name, bad value, bad file), not a bug in benchbench."""
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from benchbench.errors import BenchError, PluginFault
+from benchbench.errors import BenchError, PluginFault, first_line
 from benchbench.plan import Task
 
 OnRows = Callable[[Task, list[dict[str, Any]]], None]
@@ -91,7 +91,7 @@ def run_ray(context: Any, certify: Certify, tasks: Sequence[Task], on_rows: OnRo
                                                if k.startswith(("HF_", "BENCH_", "OMP_"))}})
         except Exception as exc:  # no cluster at that address, a version mismatch, …
             raise BenchError(f"cannot start or reach a Ray cluster ({address or 'local'}): "
-                             f"{(str(exc).strip().splitlines() or [''])[0]}") from exc
+                             f"{first_line(exc, '')}") from exc
     gpu = context.device.type == "cuda"
     remote = ray.remote(_certify_remote).options(
         max_retries=RAY_RETRIES, retry_exceptions=False, num_gpus=1 if gpu else 0, num_cpus=0 if gpu else threads)
@@ -107,7 +107,7 @@ def run_ray(context: Any, certify: Certify, tasks: Sequence[Task], on_rows: OnRo
                 except ray.exceptions.RayError as exc:
                     raise BenchError(f"Ray task for {task.label!r} at σ={task.sigma:g}, images {list(task.indices)} "
                                      f"failed after {RAY_RETRIES} retries: "
-                                     f"{(str(exc).strip().splitlines() or [''])[0]}") from exc
+                                     f"{first_line(exc, '')}") from exc
                 if isinstance(result, str):
                     on_fault(task, result)
                 elif not failed(task.label):

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from scipy.stats import norm
 
-from benchbench.errors import InvalidArgument, RunConflict
+from benchbench.errors import InvalidArgument, RunConflict, first_line
 from benchbench.results import CONFIG, RowWriter, open_run_dir, tsv_name, write_atomic, write_summary
 
 FORMATS = ("cohen", "dds")
@@ -53,7 +53,7 @@ def read_published(path: str | Path, fmt: str, sigma: float, n: int | None = Non
     try:
         rows = pd.read_csv(path, sep="\t", dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"{path} is not a tab-separated certify file: {str(exc).splitlines()[0]}") from None
+        raise InvalidArgument(f"{path} is not a tab-separated certify file: {first_line(exc)}") from None
     if list(rows.columns) != HEADER:
         raise InvalidArgument(f"{path}: header {list(rows.columns)} is not the certify header {' '.join(HEADER)}")
     if rows.empty:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from benchbench.certify import certification_batches, noisy_batches
-from benchbench.errors import BenchError, InvalidArgument, PluginFault
+from benchbench.errors import BenchError, InvalidArgument, PluginFault, first_line
 from benchbench.registry import Purifier, get_purifier
 from benchbench.report import QUALITY_FILE
 from benchbench.results import read_config, write_atomic
@@ -72,7 +72,7 @@ def purify_copies(purifier: Purifier, label: str, noisy: torch.Tensor, sigma: fl
     except BenchError:
         raise
     except Exception as exc:  # a plugin's bug: one line naming it
-        first = (str(exc).strip().splitlines() or ["(no message)"])[0]
+        first = first_line(exc, "(no message)")
         raise PluginFault(f"{where} raised {type(exc).__name__}: {first}") from exc
 
 

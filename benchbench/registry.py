@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from benchbench.errors import BenchError, InvalidArgument
+from benchbench.errors import BenchError, InvalidArgument, first_line
 from benchbench.plugins import Registry
 
 ENTRY_POINT_GROUP = "benchbench.purifiers"
@@ -214,14 +214,10 @@ def get_purifier(name: str, **params: Any) -> Purifier:
     except BenchError:
         raise
     except Exception as exc:  # a plugin's bug: one line naming it, not a traceback
-        raise BenchError(f"purifier {name!r} could not be built: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise BenchError(f"purifier {name!r} could not be built: {type(exc).__name__}: "
+                         f"{first_line(exc, '(no message)')}") from exc
     check_protocol(name, purifier)
     return purifier
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else "(no message)"
 
 
 def check_protocol(name: str, purifier: Any) -> None:

@@ -26,7 +26,7 @@ from benchbench.certify import ABSTAIN, certificate_from_counts, certification_b
     noisy_batches
 from benchbench.data import ImageDataset, dataset_info, default_data_dir, get_dataset
 from benchbench.environment import environment
-from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError
+from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line
 from benchbench.executors import EXECUTORS, run_local, run_ray
 from benchbench.lock import RunLock, check_unlocked
 from benchbench.models.store import fingerprint, load_classifier
@@ -145,7 +145,7 @@ def check_classifier(classifier: torch.nn.Module, ref: str, test: Any) -> None:
             out = classifier(test.images[:1].to(device))
         except Exception as exc:  # a network built for other inputs fails in its own way
             raise BenchError(f"classifier {ref!r} cannot take {_image_shape(test)} images of dataset "
-                             f"{test.name!r}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") \
+                             f"{test.name!r}: {first_line(exc, repr(exc))}") \
                 from None
     if out.dim() != 2 or out.shape[1] != test.num_classes:
         raise BenchError(f"classifier {ref!r} gives {tuple(out.shape)[1:]} outputs per image; dataset "
@@ -340,13 +340,14 @@ def _classify(ctx: Context, label: str, sigma: float, batch: torch.Tensor, idx: 
             raise PluginFault(f"{where(exc.row)}: {exc.reason}") from None
         except Exception as exc:  # a plugin's bug or refusal: one line naming it, the σ and the image
             _raise_if_oom(exc, where(None))
-            raise PluginFault(f"{where(None)} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise PluginFault(f"{where(None)} raised {type(exc).__name__}: "
+                              f"{first_line(exc, '(no message)')}") from exc
         try:
             logits = classifier(out)
         except Exception as exc:
             _raise_if_oom(exc, where(None))
             raise PluginFault(f"classifier {classifier_ref!r} on {where(None)} raised {type(exc).__name__}: "
-                              f"{_first_line(exc)}") from exc
+                              f"{first_line(exc, '(no message)')}") from exc
     try:
         logits = check_logits(logits, len(out), ctx.test.num_classes)
     except OutputError as exc:
@@ -360,13 +361,9 @@ def _raise_if_oom(exc: BaseException, where: str) -> None:
     text = str(exc)
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text or \
             "can't allocate memory" in text:
-        raise ResourceError(f"{where}: out of memory ({_first_line(exc)[:120]}); use a smaller --batch-size") \
+        raise ResourceError(f"{where}: out of memory ({first_line(exc, '(no message)')[:120]}); "
+                            "use a smaller --batch-size") \
             from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else "(no message)"
 
 
 def certify_task(ctx: Context, task: Task) -> list[dict[str, Any]]:

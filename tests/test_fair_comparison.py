@@ -18,23 +18,8 @@ from benchbench.data import get_dataset
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.store import embedded_path, load_classifier, read_manifest
 from benchbench.seeding import CopyNoise
-
-N, SIGMA_MAX = 12, 80.0
-
-
-def karras_grid(n, sigma_min=0.002, sigma_max=SIGMA_MAX, rho=7.0):
-    ramp = np.linspace(0, 1, n)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-
-
-def reference_f(unet, x, sigma, sigma_min=0.002, sigma_data=0.5):
-    """Song et al. (2023) App. C scalings at any σ (continuous), time input 250·ln σ."""
-    c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
-    c_out = (sigma - sigma_min) * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
-    c_in = 1 / math.sqrt(sigma**2 + sigma_data**2)
-    with torch.no_grad():
-        out = unet(c_in * x, torch.full((len(x),), 250 * math.log(sigma))).sample
-    return c_skip * x + c_out * out
+# The independent references (Karras grid, Song et al.'s scalings) and the tiny models' grid, written once.
+from test_consistency import N, SIGMA_MAX, karras_grid, reference_f
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchbench.errors import BenchError, CheckpointError, InvalidArgument
+from benchbench.errors import BenchError, CheckpointError, InvalidArgument, first_line
 from benchbench.plugins import Registry
 
 Builder = Callable[..., nn.Module]
@@ -193,10 +193,10 @@ def timm_classifier(arg: str, *, device: str = "cpu", dataset: str = "digits") -
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise InvalidArgument(f"timm has no model {name!r}") from None
-        raise CheckpointError(f"cannot load timm model {arg!r}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot load timm model {arg!r}: {first_line(exc)}") from None
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load timm model {arg!r} (no network, or bad weights): "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") \
+                              f"{first_line(exc)}") \
             from None
     cfg = timm.data.resolve_data_config({}, model=net)
     channels, height, width = cfg["input_size"]
@@ -226,9 +226,8 @@ def robustbench_classifier(arg: str, *, device: str = "cpu", dataset: str = "dig
         net = utils.load_model(model_name=name, model_dir=str(model_dir), dataset=rb_dataset,
                                threat_model=threat or "Linf")
     except Exception as exc:  # robustbench raises ValueError/KeyError for unknown names, OSError/requests offline
-        text = str(exc).strip().splitlines()
         raise CheckpointError(f"cannot load robustbench model {arg!r} for {rb_dataset}: "
-                              f"{text[0] if text else type(exc).__name__}") from None
+                              f"{first_line(exc)}") from None
     size = (224, 224) if rb_dataset == "imagenet" else None
     return PixelClassifier(net, size=size, channels=3, fingerprint=f"robustbench:{rb_dataset}/{threat or 'Linf'}/{name}")
 
@@ -243,5 +242,5 @@ def torchscript_classifier(arg: str, *, device: str = "cpu", dataset: str = "dig
     try:
         net = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{arg} is not a TorchScript file: {str(exc).strip().splitlines()[0]}") from None
+        raise CheckpointError(f"{arg} is not a TorchScript file: {first_line(exc)}") from None
     return PixelClassifier(net, fingerprint=_file_sha256(path))

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from benchbench.errors import CheckpointError
+from benchbench.errors import CheckpointError, first_line
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = "manifest.json"
@@ -63,11 +63,6 @@ def split_revision(hub_id: str) -> tuple[str, str | None]:
     return (repo, rev) if sep else (hub_id, None)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _quiet() -> None:
     """Silence the libraries' warnings and retry messages ("install accelerate", "Retrying in 1s"), which
     would break one-line errors."""
@@ -101,9 +96,9 @@ def hub_call(fn: Any, ref: str, kind: str, **kwargs: Any) -> Any:
     except Exception as exc:  # the libraries raise OSError, ValueError, EnvironmentError, safetensors errors…
         if is_hub:
             raise CheckpointError(
-                f"cannot fetch {kind} {ref!r} from the hub (no network, or no such repo): {_first_line(exc)}"
+                f"cannot fetch {kind} {ref!r} from the hub (no network, or no such repo): {first_line(exc)}"
             ) from exc
-        raise CheckpointError(f"corrupt or incomplete {kind} checkpoint at {where}: {_first_line(exc)}") from exc
+        raise CheckpointError(f"corrupt or incomplete {kind} checkpoint at {where}: {first_line(exc)}") from exc
 
 
 def _load(loader: Any, ref: str, kind: str, **kwargs: Any) -> Any:
