@@ -6,7 +6,6 @@ diffusers' own scheduler, or from the shipped manifests (RobustBench-style repro
 """
 
 import json
-import math
 
 import numpy as np
 import pytest
