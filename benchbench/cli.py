@@ -30,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_parser() -> argparse.ArgumentParser:
     from benchbench.presets import DESCRIPTIONS, PRESETS
+    from benchbench.sigma_modes import DEFAULT_SIGMA_MODE, SIGMA_MODES
 
     parser = _Parser(prog="bench", description="Compare diffusion purifiers for randomized-smoothing certification.")
     parser.add_argument("--debug", action="store_true",
@@ -107,10 +108,10 @@ def _build_parser() -> argparse.ArgumentParser:
             t.add_argument("--anchor-weight", type=float,
                            help="weight of the anchor term toward the distilled model at the levels not "
                                 "fine-tuned (default 0: Li et al.'s objective alone; 2 = the former default)")
-            t.add_argument("--sigma-mode", choices=["exact", "nearest", "topup"],
-                           help="how f is called at 2σ, as the purifier will (default: exact)")
+            t.add_argument("--sigma-mode", choices=SIGMA_MODES,
+                           help=f"how f is called at 2σ, as the purifier will (default: {DEFAULT_SIGMA_MODE})")
 
-    from benchbench.quality_cm import CRITERIA
+    from benchbench.criteria import CRITERIA
 
     evaluate = sub.add_parser(
         "evaluate", help="measure the consistency models on the val split and check their acceptance criteria",

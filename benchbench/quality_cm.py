@@ -26,19 +26,13 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from benchbench.criteria import CRITERIA
 from benchbench.data import dataset_info, get_dataset
 from benchbench.models.consistency import DEFAULT_SIGMA_MODE, ConsistencyModel, load_consistency, purify
 from benchbench.models.store import load_classifier, load_ddpm
 from benchbench.perceptual import get_distance, resolve_distance
 
 CERT_SIGMAS = (0.25, 0.5, 1.0)
-CRITERIA = {  # what `bench evaluate consistency` checks, all on the val split
-    "distilled_fd_within_2x_teacher": "FD(one-step samples of the distilled model) <= 2 x FD(teacher's "
-                                      "25-step Heun PF-ODE samples), both against val",
-    "finetuned_lpips_10pct_lower_at_every_sigma": "mean LPIPS-style distance(purified, clean) of the fine-tuned "
-                                                  "model <= 0.9 x the distilled model's, at every σ",
-    "finetuned_fd_within_1.5x_distilled": "FD(one-step, fine-tuned) <= 1.5 x FD(one-step, distilled)",
-}
 TEACHER_SOLVER = {"solver": "heun", "steps": 25, "karras_sigmas": True}  # 49 network calls per sample
 
 

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -118,3 +119,12 @@ def test_the_console_script_prints_no_traceback(tmp_path):
     assert proc.stderr.strip().startswith("bench: error: unknown purifier 'nope'")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert json.dumps(proc.stdout) == '""'
+
+
+def test_help_does_not_import_the_models():
+    # `bench --help` and every argument error are answered before torch and diffusers load (they took
+    # 15-20 s to import on the 2-core machine when the parser pulled in the consistency-model code).
+    code = ("import sys; from benchbench.cli import _build_parser; _build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'scipy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

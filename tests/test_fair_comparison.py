@@ -252,7 +252,7 @@ def test_finetune_default_is_the_papers_objective_and_the_flag_is_checked(capsys
 
 
 def test_evaluate_states_its_criteria_in_help_and_output(capsys):
-    from benchbench.quality_cm import CRITERIA
+    from benchbench.criteria import CRITERIA
 
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])

@@ -30,6 +30,7 @@ from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, 
 from benchbench.errors import InvalidArgument
 from benchbench.models.store import _load
 from benchbench.seeding import CopyNoise
+from benchbench.sigma_modes import DEFAULT_SIGMA_MODE, SIGMA_MODES, check_sigma_mode  # noqa: F401 (re-exported)
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 90.0
@@ -168,14 +169,6 @@ def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "
     return ConsistencyModel(unet, scheduler).to(device).eval()
 
 
-SIGMA_MODES = ("exact", "nearest", "topup")
-DEFAULT_SIGMA_MODE = "nearest"  # chosen on the val split across σ ∈ {0.12, …, 1.0}: see README (σ modes)
-
-
-def check_sigma_mode(mode: str) -> str:
-    if mode not in SIGMA_MODES:
-        raise InvalidArgument(f"unknown sigma_mode {mode!r} (available: {', '.join(SIGMA_MODES)})")
-    return mode
 
 
 def level_nearest(sigmas: torch.Tensor, level: float) -> int:
