@@ -53,7 +53,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--alpha", type=float, help="failure probability of each certificate")
     run.add_argument("--num-images", type=int, help="how many test images")
     run.add_argument("--skip", type=int, help="stride between test images")
-    run.add_argument("--batch-size", type=int, help="noisy samples per forward batch")
+    run.add_argument("--batch-size", type=int,
+                     help="rows per network call: noisy samples, or batch ÷ K noisy samples × K votes for a "
+                          "voting purifier such as densepure")
     run.add_argument("--seed", type=int, help="run seed: fixes every noise draw")
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--classifier", help="classifier reference: digits, FOLDER, hf:ID, timm:NAME[:CKPT], "

@@ -323,7 +323,22 @@ def _preflight(p: Prepared, label: str, sigma: float) -> None:
 def _classify(ctx: Context, label: str, sigma: float, batch: torch.Tensor, idx: list[int],
               copies: list[int]) -> torch.Tensor:
     """Labels (B,) of the smoothed pipeline for a batch whose row j is noisy copy ``copies[j]`` of image
-    ``idx[j]``: purify (with each copy's own noise when stochastic), check, classify, check, vote."""
+    ``idx[j]``: purify (with each copy's own noise when stochastic), check, classify, check, vote.
+
+    A purifier with ``votes = K`` returns K rows per input, so it is given at most ``batch_size // K`` inputs
+    at a time: the networks never see more than the run's batch size of rows. (Measured for ``densepure``,
+    K = 5, on the 2-core CPU: 1,000 rows per call certified a digit 1.31× faster than 5,000; the rows are
+    the same, since every copy's noise is its own.)"""
+    votes = getattr(ctx.purifiers[label], "votes", 1)
+    step = max(1, ctx.config.batch_size // votes) if votes > 1 else max(1, len(batch))
+    labels = [_classify_chunk(ctx, label, sigma, batch[s : s + step], idx[s : s + step], copies[s : s + step])
+              for s in range(0, len(batch), step)]
+    return torch.cat(labels) if len(labels) > 1 else labels[0]
+
+
+def _classify_chunk(ctx: Context, label: str, sigma: float, batch: torch.Tensor, idx: list[int],
+                    copies: list[int]) -> torch.Tensor:
+    """:func:`_classify` on at most one network batch."""
     purifier = ctx.purifiers[label]
     classifier = ctx.own_classifiers.get((label, sigma), ctx.classifier)
     classifier_ref = ctx.own_refs.get((label, sigma), ctx.classifier_ref)

@@ -92,3 +92,28 @@ def test_a_voting_stochastic_purifier_runs_and_its_rows_do_not_depend_on_batch_s
     a, b = (pd.read_csv(tmp_path / d / name, sep="\t").drop(columns="time") for d in "ab")
     pd.testing.assert_frame_equal(a, b)
     assert (a["nfe"] == 0).all() and len(a) == 2
+
+
+class CountingVoter(Voter):
+    """The Voter, recording how many rows each call returns."""
+
+    rows: list[int] = []
+
+    def __call__(self, x, sigma, noise):
+        out = super().__call__(x, sigma, noise)
+        CountingVoter.rows.append(len(out))
+        return out
+
+
+def test_a_voting_purifier_never_gives_the_networks_more_rows_than_the_batch_size(tmp_path):
+    register_purifier("test-counting-voter")(CountingVoter)
+    args = ["run", "--purifiers", "test-counting-voter", "--num-images", "2", "--sigmas", "0.5", "--n0", "8",
+            "--n", "50", "--no-report"]
+    CountingVoter.rows.clear()
+    assert main([*args, "--batch-size", "64", "--out", str(tmp_path / "a")]) == 0
+    # 64 noisy copies per batch, 3 votes each: at most 21 inputs (63 rows) per call, and every copy is purified.
+    assert max(CountingVoter.rows) == 63 and sum(CountingVoter.rows) == 3 * (2 * 58 + 2)  # + the pre-run check
+    assert main([*args, "--batch-size", "2", "--out", str(tmp_path / "b")]) == 0  # fewer rows than votes: 1 input
+    name = tsv_name("test-counting-voter", 0.5)
+    a, b = (pd.read_csv(tmp_path / d / name, sep="\t").drop(columns="time") for d in "ab")
+    pd.testing.assert_frame_equal(a, b)
