@@ -327,8 +327,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_rows(tmp_path, tiny_ddp
     full = tmp_path / "full"
     assert bench(*args, "--out", str(full)).returncode == 0
     out = tmp_path / "cut"
+    # SIGINT back to its default in the child: a suite started in the background (`cmd &`) passes it on as
+    # ignored, and then Ctrl-C could not be simulated at all.
     proc = subprocess.Popen([*FAULTY, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     label = f"sde(steps=4,model={tiny_ddpm})"
     tsv = out / tsv_name(label, 0.5)
     deadline = time.time() + 120
