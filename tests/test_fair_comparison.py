@@ -47,10 +47,19 @@ def test_digits_train_val_test_are_the_documented_disjoint_parts():
 
 
 def test_every_shipped_model_reports_metrics_on_val_and_trained_on_train_only():
-    for kind in ("classifier", "perceptual", "consistency", "consistency-ft", "classifier-noise-0.25",
-                 "classifier-noise-0.5", "classifier-noise-1"):
-        split = read_manifest(str(embedded_path("digits", kind)), kind)["training_config"]["split"]
+    kinds = ("classifier", "perceptual", "ddpm", "consistency", "consistency-ft", "classifier-noise-0.25",
+             "classifier-noise-0.5", "classifier-noise-1")
+    for kind in kinds:
+        manifest = read_manifest(str(embedded_path("digits", kind)), kind)
+        split = manifest["training_config"]["split"]
         assert split["train"] == 1147 and split["val"] == 200 and split["metrics_on"] == "val", kind
+        # The test split is read by `bench run` only: no shipped model reports a number measured on it.
+        assert "test" not in json.dumps(manifest["metrics"]).lower(), kind
+    # The consistency models descend from the shipped DDPM, which saw train only.
+    from benchbench.models.store import fingerprint
+
+    assert read_manifest("digits", "consistency")["training_config"]["teacher_fingerprint"] == fingerprint("digits", "ddpm")
+    assert read_manifest("digits", "consistency-ft")["training_config"]["base_fingerprint"] == fingerprint("digits", "consistency")
     # The classifier's claimed val accuracy is what it still reaches.
     manifest = read_manifest("digits", "classifier")
     val = get_dataset("digits", "val")
