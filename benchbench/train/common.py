@@ -61,6 +61,23 @@ def smoothed(running: float | None, value: float, keep: float = 0.98) -> float:
     return value if running is None else keep * running + (1 - keep) * value
 
 
+class LossLog:
+    """The smoothed training loss a trainer shows on its progress bar and records in its manifest:
+    ``running`` (the latest smoothed value) and ``history`` ([step, value rounded to ``digits``] every 100
+    steps and at the last of ``steps``)."""
+
+    def __init__(self, steps: int, digits: int = 6):
+        self.steps, self.digits = steps, digits
+        self.running: float | None = None
+        self.history: list[list[float]] = []
+
+    def add(self, step: int, loss: float, bar: Any) -> None:
+        self.running = smoothed(self.running, loss)
+        if step % 100 == 0 or step == self.steps - 1:
+            self.history.append([step, round(self.running, self.digits)])
+        bar.set_postfix(loss=f"{self.running:.4f}")
+
+
 def ema_copy(model: torch.nn.Module, ema: Any) -> torch.nn.Module:
     """A CPU copy of ``model`` in eval mode holding the EMA weights (what the trainers save)."""
     final = copy.deepcopy(model).cpu().eval()

@@ -33,7 +33,7 @@ from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import fingerprint, load_ddpm
 from benchbench.perceptual import Distance, distance_record, get_distance, resolve_distance
-from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
+from benchbench.train.common import (LossLog, ema_copy, optimizer_step, prepare_output, seed_everything,
                                      write_manifest)
 
 
@@ -134,7 +134,7 @@ def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup))
     start = time.time()
     bar = tqdm(range(config.steps), desc="distil consistency", unit="step")
-    running, history = None, []
+    log = LossLog(config.steps)
     for step in bar:
         if step == config.warm_start_steps:  # θ⁻ starts from θ as it is after the warm start
             target = copy.deepcopy(student).requires_grad_(False)
@@ -150,14 +150,11 @@ def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -
         if step >= config.warm_start_steps:
             target_ema.step(student.parameters())
             target_ema.copy_to(target.parameters())
-        running = smoothed(running, loss.item())
-        if step % 100 == 0 or step == config.steps - 1:
-            history.append([step, round(running, 6)])
-        bar.set_postfix(loss=f"{running:.4f}")
+        log.add(step, loss.item(), bar)
     seconds = time.time() - start
     final = ema_copy(student, ema)
     final.save_pretrained(out)
-    metrics = {"train_loss_smoothed": running, "loss_history": history,
+    metrics = {"train_loss_smoothed": log.running, "loss_history": log.history,
                "seconds_per_step": round(seconds / max(1, config.steps), 4)}
     if config.evaluate if config.evaluate is not None else config.dataset == "digits":
         metrics.update(evaluate_consistency(final, dataset=config.dataset, teacher=config.teacher))

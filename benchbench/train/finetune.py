@@ -31,12 +31,13 @@ from tqdm.auto import tqdm
 
 from benchbench.data import get_dataset
 from benchbench.errors import InvalidArgument
-from benchbench.models.consistency import (DEFAULT_SIGMA_MODE, ConsistencyModel, assumed_level,
-                                           check_sigma_mode, first_call, level_at_or_above, load_consistency)
+from benchbench.models.consistency import (ConsistencyModel, assumed_level, first_call, level_at_or_above,
+                                           load_consistency)
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
 from benchbench.perceptual import Distance, distance_record, get_distance, resolve_distance
+from benchbench.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
 from benchbench.train.distill import check_image_shape
-from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
+from benchbench.train.common import (LossLog, ema_copy, optimizer_step, prepare_output, seed_everything,
                                      write_manifest)
 
 
@@ -114,7 +115,7 @@ def train_finetune(out: str | Path, config: FinetuneConfig, device: str = "cpu")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup))
     start = time.time()
     bar = tqdm(range(config.steps), desc="fine-tune consistency", unit="step")
-    running, history = None, []
+    log = LossLog(config.steps)
     for step in bar:
         idx = torch.randint(0, len(x_train), (config.batch_size,), generator=gen)
         loss = finetune_loss(model, x_train[idx.to(device)], config.sigmas, distance, gen, config.sigma_mode)
@@ -123,14 +124,11 @@ def train_finetune(out: str | Path, config: FinetuneConfig, device: str = "cpu")
             loss = loss + config.anchor_weight * anchor_loss(model, base, x_train[idx.to(device)], config.sigmas,
                                                              distance, gen)
         optimizer_step(loss, model, opt, sched, ema)
-        running = smoothed(running, loss.item())
-        if step % 100 == 0 or step == config.steps - 1:
-            history.append([step, round(running, 6)])
-        bar.set_postfix(loss=f"{running:.4f}")
+        log.add(step, loss.item(), bar)
     seconds = time.time() - start
     final = ema_copy(model, ema)
     final.save_pretrained(out)
-    metrics: dict[str, Any] = {"train_loss_smoothed": running, "loss_history": history,
+    metrics: dict[str, Any] = {"train_loss_smoothed": log.running, "loss_history": log.history,
                                "seconds_per_step": round(seconds / max(1, config.steps), 4)}
     if config.evaluate if config.evaluate is not None else config.dataset == "digits":
         kw = dict(dataset=config.dataset, distance=distance_name, sigmas=config.sigmas, sigma_mode=config.sigma_mode)

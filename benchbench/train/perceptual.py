@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from benchbench.data import get_dataset
 from benchbench.models.feature_net import FeatureNet
-from benchbench.train.common import optimizer_step, prepare_output, seed_everything, smoothed, write_manifest
+from benchbench.train.common import LossLog, optimizer_step, prepare_output, seed_everything, write_manifest
 
 
 @dataclass
@@ -107,19 +107,16 @@ def train_perceptual(out: str | Path, config: PerceptualConfig, device: str = "c
         opt, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * s / config.steps)))
     ema = EMAModel(net.parameters(), decay=0.0)  # optimizer_step wants one; decay 0 = the weights themselves
     start = time.time()
-    running, history = None, []
+    log = LossLog(config.steps, digits=5)
     for step in (bar := tqdm(range(config.steps), desc="train perceptual (SimCLR)", unit="step")):
         net.train()
         x = x_train[torch.randint(0, len(x_train), (config.batch_size,), generator=gen).to(device)]
         loss = nt_xent(net(augment(x, config, gen)), net(augment(x, config, gen)), config.temperature)
         optimizer_step(loss, net, opt, sched, ema)
-        running = smoothed(running, loss.item())
-        if step % 100 == 0 or step == config.steps - 1:
-            history.append([step, round(running, 5)])
-        bar.set_postfix(loss=f"{running:.4f}")
+        log.add(step, loss.item(), bar)
     seconds = time.time() - start
     net = net.cpu().eval()
-    metrics = {"train_loss_smoothed": running, "loss_history": history,
+    metrics = {"train_loss_smoothed": log.running, "loss_history": log.history,
                **probe_accuracy(net, train.images, train.labels, val.images, val.labels)}
     net.save_pretrained(out)
     split = {"dataset": config.dataset, "train": len(train), "val": len(val), "metrics_on": "val",
