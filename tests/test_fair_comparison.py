@@ -233,7 +233,7 @@ def test_default_mode_is_within_15_percent_of_two_sigma_or_warns():
     2σ at every σ of the list, or a warning says so (naming the mode that avoids it)."""
     import warnings
 
-    from benchbench.models.consistency import DEFAULT_SIGMA_MODE
+    from benchbench.sigma_modes import DEFAULT_SIGMA_MODE
     from purifiers.consistency import ConsistencyFTPurifier, ConsistencyPurifier
 
     grid = np.asarray(ConsistencyPurifier().model.sigmas[:-1])

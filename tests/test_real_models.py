@@ -183,7 +183,7 @@ class FixedLabel(torch.nn.Module):
 
 
 def test_consistency_class_label_predicted_conditions_on_the_noisy_label(world):
-    from diffusers import CMStochasticIterativeScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
     clf = FixedLabel(10)
     purifier = get_purifier("consistency", model=str(world["cm32"]), class_label="predicted", classifier=clf)

@@ -30,7 +30,7 @@ from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, 
 from benchbench.errors import InvalidArgument
 from benchbench.models.store import _load
 from benchbench.seeding import CopyNoise
-from benchbench.sigma_modes import DEFAULT_SIGMA_MODE, SIGMA_MODES, check_sigma_mode  # noqa: F401 (re-exported)
+from benchbench.sigma_modes import check_sigma_mode
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 90.0
@@ -167,8 +167,6 @@ def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "
     unet = _load(UNet2DModel, ref, kind, subfolder="unet")
     scheduler = _load(CMStochasticIterativeScheduler, ref, kind, subfolder="scheduler")
     return ConsistencyModel(unet, scheduler).to(device).eval()
-
-
 
 
 def level_nearest(sigmas: torch.Tensor, level: float) -> int:
