@@ -29,8 +29,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from benchbench.presets import DESCRIPTIONS, PRESETS
-    from benchbench.sigma_modes import DEFAULT_SIGMA_MODE, SIGMA_MODES
+    from benchbench.run.presets import DESCRIPTIONS, PRESETS
+    from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE, SIGMA_MODES
 
     parser = _Parser(prog="bench", description="Compare diffusion purifiers for randomized-smoothing certification.")
     parser.add_argument("--debug", action="store_true",
@@ -113,7 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
             t.add_argument("--sigma-mode", choices=SIGMA_MODES,
                            help=f"how f is called at 2σ, as the purifier will (default: {DEFAULT_SIGMA_MODE})")
 
-    from benchbench.criteria import CRITERIA
+    from benchbench.train.criteria import CRITERIA
 
     evaluate = sub.add_parser(
         "evaluate", help="measure the consistency models on the val split and check their acceptance criteria",
@@ -208,9 +208,9 @@ def _device(name: str | None) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from benchbench.runner import RunConfig, run
+    from benchbench.run.runner import RunConfig, run
 
-    from benchbench.artifacts import write_run_artifacts
+    from benchbench.run.artifacts import write_run_artifacts
 
     config = RunConfig.from_args(args)
     result = run(config)
@@ -229,8 +229,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from benchbench.artifacts import write_run_artifacts
-    from benchbench.results import format_summary, merge_runs, write_summary
+    from benchbench.run.artifacts import write_run_artifacts
+    from benchbench.results.rundir import format_summary, merge_runs, write_summary
 
     out = Path(args.out)
     merge_runs(out, [Path(d) for d in args.run_dirs])
@@ -246,7 +246,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     import warnings
     from pathlib import Path
 
-    from benchbench import plots
+    from benchbench.results import plots
     from benchbench.errors import InvalidArgument
 
     if args.figure == "pareto":
@@ -270,7 +270,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from benchbench.report import coverage_warning, format_markdown, write_report
+    from benchbench.results.report import coverage_warning, format_markdown, write_report
 
     table = write_report(args.run_dir, alpha_aware=args.alpha_aware)
     warning = coverage_warning(table)
@@ -282,7 +282,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
-    from benchbench.quality import write_quality
+    from benchbench.results.quality import write_quality
 
     print(write_quality(args.run_dir, copies=args.copies, device=_device(args.device),
                         distance=args.distance).to_markdown(index=False))
@@ -291,7 +291,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from benchbench.report import compare_pairs, load_run_rows
+    from benchbench.results.report import compare_pairs, load_run_rows
 
     pairs = [(args.a, args.b), *map(tuple, args.pair)]
     verdicts = compare_pairs(load_run_rows(args.run_dir), pairs, args.sigma, args.radius, args.family_alpha)
@@ -365,12 +365,12 @@ def _override(config: object, **values: object) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from benchbench.quality_cm import consistency_quality_report
+    from benchbench.train.acceptance import consistency_quality_report
 
     if args.what == "sigma-modes":
         import pandas as pd
 
-        from benchbench.quality_cm import sigma_mode_table
+        from benchbench.train.acceptance import sigma_mode_table
 
         refs = [(args.distilled, "consistency")] + ([] if args.finetuned == "none" else [(args.finetuned,
                                                                                           "consistency-ft")])
@@ -392,7 +392,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     import inspect
 
     if args.what == "datasets":
-        from benchbench.data import available_datasets, dataset_info
+        from benchbench.data.dataset import available_datasets, dataset_info
 
         for name in available_datasets():
             info = dataset_info(name)
@@ -416,7 +416,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from benchbench.importer import import_published
+    from benchbench.results.importer import import_published
 
     path = import_published(args.file, args.format, sigma=args.sigma, out=args.out, label=args.label,
                             dataset=args.dataset, n=args.n, alpha=args.alpha)

@@ -32,7 +32,7 @@ class Purifier(Protocol):
     ``__call__(x_noisy, sigma)``: x_noisy = x + δ with x in [0, 1] and δ ~ N(0, σ²I), σ in that same
     image scale (a diffusion model working in [-1, 1] sees noise level 2σ); shape (B, C, H, W), float.
     Returns purified images in [0, 1] with the same shape, on the same device (checked by
-    :mod:`benchbench.validate`).
+    :mod:`benchbench.smoothing.contract`).
 
     ``networks``: every torch module whose forward calls count as network function evaluations (NFE);
     the harness counts NFE by hooking these modules, so a purifier never reports its own NFE.
@@ -40,7 +40,7 @@ class Purifier(Protocol):
     Optional class attributes:
 
     * ``stochastic = True``: the purifier is random and is called as ``__call__(x_noisy, sigma, noise)``
-      with a :class:`benchbench.seeding.CopyNoise` for the batch's rows; it draws all its randomness from
+      with a :class:`benchbench.smoothing.noise.CopyNoise` for the batch's rows; it draws all its randomness from
       ``noise`` (never from a generator of its own), so its output for a noisy copy depends on (run seed,
       image, σ, copy) alone, not on batching or the device.
     * ``votes = K`` (default 1): ``__call__`` returns (B·K, C, H, W), rows b·K … b·K+K−1 being K purified
@@ -239,9 +239,9 @@ def check_protocol(name: str, purifier: Any) -> None:
 
 
 def purify(purifier: Purifier, x_noisy: torch.Tensor, sigma: float, noise: Any) -> Any:
-    """Call ``purifier`` by its contract: with ``noise`` (a :class:`benchbench.seeding.CopyNoise`) only
+    """Call ``purifier`` by its contract: with ``noise`` (a :class:`benchbench.smoothing.noise.CopyNoise`) only
     when it declares ``stochastic = True``. Returns whatever it returns (check it with
-    :func:`benchbench.validate.check_purifier_output`)."""
+    :func:`benchbench.smoothing.contract.check_purifier_output`)."""
     if getattr(purifier, "stochastic", False):
         return purifier(x_noisy, sigma, noise)
     return purifier(x_noisy, sigma)

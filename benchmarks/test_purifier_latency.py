@@ -15,10 +15,10 @@ import os
 import pytest
 import torch
 
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.errors import BenchError
 from benchbench.registry import PurifierSpec, available_purifiers, get_purifier, purify
-from benchbench.seeding import CopyNoise
+from benchbench.smoothing.noise import CopyNoise
 
 BATCH = 64
 SIGMA = 0.5

@@ -5,7 +5,7 @@
     python benchmarks/throughput.py cpu   [--n 2000] [--images 2]
 
 ``ratio``: for each purifier, certification of ``--images`` digits at σ = 0.5 with n0 = 100 and ``--n`` by
-the harness (:func:`benchbench.runner.certify_task`: keyed noise, per-copy purifier noise, output checks,
+the harness (:func:`benchbench.run.runner.certify_task`: keyed noise, per-copy purifier noise, output checks,
 counting, packing) and by a bare loop a researcher would write (x + σ·randn from one generator, purifier,
 classifier, argmax, bincount; a stochastic purifier gets one shared generator), alternated ``--repeat``
 times; prints samples/s of both and harness time / bare time.
@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from benchbench.plan import Task, images_per_task
+from benchbench.run.plan import Task, images_per_task
 from benchbench.registry import PurifierSpec, purify
-from benchbench.runner import RunConfig, build_context, certify_task
+from benchbench.run.runner import RunConfig, build_context, certify_task
 
 SIGMA = 0.5
 

@@ -6,12 +6,12 @@ import warnings
 
 import torch
 
-from benchbench.data import dataset_info
+from benchbench.data.dataset import dataset_info
 from benchbench.errors import InvalidArgument
 from benchbench.models.consistency import assumed_level, load_consistency, multistep_levels, purify
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
-from benchbench.seeding import CopyNoise
-from benchbench.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
+from benchbench.smoothing.noise import CopyNoise
+from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
 
 CLASS_LABEL_POLICIES = ("auto", "none", "predicted")
 

@@ -9,7 +9,7 @@ import torch
 import numpy as np
 from diffusers import DDPMScheduler
 
-from benchbench.data import dataset_info
+from benchbench.data.dataset import dataset_info
 from benchbench.errors import CheckpointError, InvalidArgument
 from benchbench.models.ddpm_ve import PREDICTION_TYPES, mean_channels, to_epsilon
 from benchbench.models.store import fingerprint, load_ddpm

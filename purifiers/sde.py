@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from benchbench.seeding import CopyNoise
+from benchbench.smoothing.noise import CopyNoise
 from purifiers.diffusion import DDPMBase, strided_timesteps
 
 

@@ -1,5 +1,5 @@
 """Tiny synthetic run directories for the reporting tests: config.json plus one TSV per (purifier, σ),
-written by hand (not by benchbench.results) so the tests read numbers independently of the code they test."""
+written by hand (not by benchbench.results.rundir) so the tests read numbers independently of the code they test."""
 
 from __future__ import annotations
 

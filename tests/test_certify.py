@@ -9,7 +9,7 @@ import torch
 from scipy.optimize import brentq
 from scipy.stats import binom, binomtest, norm
 
-from benchbench.certify import (
+from benchbench.smoothing.certify import (
     ABSTAIN,
     NOISE_BLOCK,
     certify,

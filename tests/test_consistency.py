@@ -18,9 +18,9 @@ from benchbench.models.classifier import SmallCNN
 from benchbench.models.consistency import ConsistencyModel, load_consistency, make_scheduler, top_up
 from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import load_ddpm
-from benchbench.nfe import ForwardCounter
-from benchbench.perceptual import ClassifierLPIPS, L2Distance, get_distance
-from benchbench.seeding import CopyNoise
+from benchbench.smoothing.nfe import ForwardCounter
+from benchbench.models.perceptual import ClassifierLPIPS, L2Distance, get_distance
+from benchbench.smoothing.noise import CopyNoise
 
 N, SIGMA_MAX = 12, 80.0  # the tiny models' grid
 
@@ -256,9 +256,9 @@ def test_shipped_consistency_models_load_and_purify():
 def test_shipped_consistency_manifests_reproduce_on_val():
     """RobustBench-style: the purification numbers each manifest claims (val split, its σ mode) are what the
     shipped weights still give, and its recorded checks agree with its own numbers."""
-    from benchbench.data import get_dataset
+    from benchbench.data.dataset import get_dataset
     from benchbench.models.store import load_classifier, read_manifest
-    from benchbench.quality_cm import purification_scores
+    from benchbench.train.acceptance import purification_scores
 
     val = get_dataset("digits", "val")
     for kind in ("consistency", "consistency-ft"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.models.store import embedded_path, load_classifier, read_manifest
 
 

@@ -13,10 +13,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from benchbench.cli import main
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.store import embedded_path, load_classifier, read_manifest
-from benchbench.seeding import CopyNoise
+from benchbench.smoothing.noise import CopyNoise
 # The independent references (Karras grid, Song et al.'s scalings) and the tiny models' grid, written once.
 from test_consistency import N, SIGMA_MAX, karras_grid, reference_f
 
@@ -96,7 +96,7 @@ def test_perceptual_probe_accuracy_reproduces_on_val():
 
 def test_digits_ssl_distance_follows_lpips_formula_and_grows_with_noise():
     from benchbench.models.store import load_feature_net
-    from benchbench.perceptual import get_distance
+    from benchbench.models.perceptual import get_distance
 
     d, net = get_distance("digits-ssl"), load_feature_net("digits")
     x = get_dataset("digits", "val").images[:16] * 2 - 1
@@ -233,7 +233,7 @@ def test_default_mode_is_within_15_percent_of_two_sigma_or_warns():
     2σ at every σ of the list, or a warning says so (naming the mode that avoids it)."""
     import warnings
 
-    from benchbench.sigma_modes import DEFAULT_SIGMA_MODE
+    from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE
     from purifiers.consistency import ConsistencyFTPurifier, ConsistencyPurifier
 
     grid = np.asarray(ConsistencyPurifier().model.sigmas[:-1])
@@ -261,7 +261,7 @@ def test_finetune_default_is_the_papers_objective_and_the_flag_is_checked(capsys
 
 
 def test_evaluate_states_its_criteria_in_help_and_output(capsys):
-    from benchbench.criteria import CRITERIA
+    from benchbench.train.criteria import CRITERIA
 
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
@@ -291,7 +291,7 @@ def test_ancestral_step_is_diffusers_ddpm_step_with_given_noise():
 
 
 def test_majority_vote_ties_go_to_the_lowest_class():
-    from benchbench.validate import majority_vote
+    from benchbench.smoothing.contract import majority_vote
 
     labels = torch.tensor([3, 1, 3, 2, 2, 7, 4, 1, 1])  # votes of 3 inputs, K = 3
     assert majority_vote(labels, 3, 10).tolist() == [3, 2, 1]
@@ -299,9 +299,9 @@ def test_majority_vote_ties_go_to_the_lowest_class():
 
 
 def test_densepure_samples_depend_on_the_copy_alone(tiny_ddpm):
-    from benchbench.nfe import ForwardCounter
+    from benchbench.smoothing.nfe import ForwardCounter
     from benchbench.registry import get_purifier
-    from benchbench.quality import purify_copies
+    from benchbench.results.quality import purify_copies
 
     p = get_purifier("densepure", k=3, steps=4, model=str(tiny_ddpm))
     assert p.stochastic and p.votes == 3
@@ -342,7 +342,7 @@ def test_cohen_and_densepure_rows_in_a_run(tmp_path, tiny_ddpm, capsys):
 # --- presets and the figure ------------------------------------------------------------------------------
 
 def test_presets_name_their_sources():
-    from benchbench.presets import DESCRIPTIONS, PRESETS
+    from benchbench.run.presets import DESCRIPTIONS, PRESETS
 
     assert PRESETS["paper"]["n"] == 10_000 and "Li et al." in DESCRIPTIONS["paper"]
     assert PRESETS["cohen"]["n"] == 100_000 and "Cohen et al." in DESCRIPTIONS["cohen"]

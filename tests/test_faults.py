@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchbench.results import tsv_name
+from benchbench.results.rundir import tsv_name
 
 HERE = Path(__file__).parent
 FAULTY = [sys.executable, str(HERE / "fault_bench.py")]

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import norm
 
 from benchbench.cli import main
-from benchbench.presets import preset_values
+from benchbench.run.presets import preset_values
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
 # Five images as locuslab/smoothing's certify.py prints them: idx 0, 20, …; one abstention (-1), one wrong.
@@ -60,7 +60,7 @@ def test_import_adds_published_rows_beside_a_run(tmp_path, tiny_ddpm):
     assert "DDS (published)" in (run / "report.md").read_text()
     assert main(["plot", "radius", str(run)]) == 0
     with pytest.warns(UserWarning, match=r"no nfe recorded for DDS \(published\)"):
-        from benchbench.plots import pareto_points
+        from benchbench.results.plots import pareto_points
 
         points = pareto_points([run], cost="nfe")
     assert set(points["purifier"]) == {"identity"}
@@ -91,7 +91,7 @@ def test_presets_resolve_per_dataset():
 
 
 def test_paper_preset_takes_every_20th_cifar10_and_every_100th_imagenet64_image():
-    from benchbench.runner import RunConfig
+    from benchbench.run.runner import RunConfig
     from benchbench.registry import parse_purifier_list
 
     for dataset, size, stride in (("cifar10", 10_000, 20), ("imagenet64", 50_000, 100)):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from benchbench.cli import main
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.errors import InvalidArgument
-from benchbench.nfe import ForwardCounter
+from benchbench.smoothing.nfe import ForwardCounter
 from benchbench.registry import get_purifier, purify
-from benchbench.seeding import CopyNoise
+from benchbench.smoothing.noise import CopyNoise
 
 SIGMA = 0.5
 

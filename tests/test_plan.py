@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from benchbench.cli import main
-from benchbench.lock import RunLock
-from benchbench.plan import Shard, Task, make_tasks, shard_units, units
-from benchbench.results import tsv_name
+from benchbench.results.lock import RunLock
+from benchbench.run.plan import Shard, Task, make_tasks, shard_units, units
+from benchbench.results.rundir import tsv_name
 
 ARGS = ["--purifiers", "identity,clamp-test", "--num-images", "5", "--skip", "40", "--sigmas", "0.25,0.5",
         "--n0", "8", "--n", "40", "--alpha", "0.01", "--no-report"]

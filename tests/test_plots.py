@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchbench.certify import noisy_batches
+from benchbench.smoothing.certify import noisy_batches
 from benchbench.cli import main
-from benchbench.data import get_dataset
-from benchbench.plots import pareto_points, purification_grid
+from benchbench.data.dataset import get_dataset
+from benchbench.results.plots import pareto_points, purification_grid
 from benchbench.registry import PurifierSpec
-from benchbench.seeding import noise_generator
+from benchbench.smoothing.noise import noise_generator
 from synthetic_run import random_rows, read_tsvs, standard_run, write_run
 
 ROOT = Path(__file__).parent.parent

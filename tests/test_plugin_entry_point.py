@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchbench.results import tsv_name
+from benchbench.results.rundir import tsv_name
 from conftest import BENCH
 
 PLUGIN = Path(__file__).parent / "plugin_pkg"

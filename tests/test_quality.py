@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchbench.certify import noisy_batches
+from benchbench.smoothing.certify import noisy_batches
 from benchbench.errors import InvalidArgument
-from benchbench.quality import measure_quality, write_quality
-from benchbench.seeding import noise_generator
+from benchbench.results.quality import measure_quality, write_quality
+from benchbench.smoothing.noise import noise_generator
 from synthetic_run import random_rows, write_run
 
 

@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from realworld import CIFAR_CLASSES, write_cifar10, write_imagenet64  # noqa: E402
 
-from benchbench.data import available_datasets, get_dataset  # noqa: E402
+from benchbench.data.dataset import available_datasets, get_dataset  # noqa: E402
 from benchbench.errors import BenchError, InvalidArgument, UnknownName  # noqa: E402
 
 

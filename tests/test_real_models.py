@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchbench.seeding import CopyNoise
+from benchbench.smoothing.noise import CopyNoise
 
 sys.path.insert(0, str(Path(__file__).parent))
 from realworld import (save_class_conditional_cm, save_cosine_learned_ddpm, save_tiny_vit,  # noqa: E402

@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import beta, binom
 
 from benchbench.errors import BenchError, InvalidArgument, UnknownName
-from benchbench.report import binomial_interval, mcnemar_exact, paper_table, pareto_front, write_report
-from benchbench.results import load_rows
+from benchbench.results.report import binomial_interval, mcnemar_exact, paper_table, pareto_front, write_report
+from benchbench.results.rundir import load_rows
 from synthetic_run import read_tsvs, standard_run, write_run
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -211,7 +211,7 @@ def test_mcnemar_rejects_unknown_label_and_sigma(tmp_path):
 
 def test_selection_interval_closed_forms():
     """k = 0 and k = n have closed-form Clopper–Pearson ends: upper 1 − (a/2)^(1/n), lower (a/2)^(1/n)."""
-    from benchbench.report import selection_interval
+    from benchbench.results.report import selection_interval
 
     n, m = 20, 4
     a = 0.05 / m  # per-σ level after Bonferroni over m σs
@@ -228,7 +228,7 @@ def test_selection_interval_closed_forms():
 
 
 def test_holm_matches_a_hand_computed_case():
-    from benchbench.report import holm
+    from benchbench.results.report import holm
 
     # p sorted: 0.01 (×3 = 0.03), 0.02 (×2 = 0.04), 0.04 (×1, but never below 0.04) — given unsorted.
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
@@ -238,7 +238,7 @@ def test_holm_matches_a_hand_computed_case():
 
 
 def test_false_certificate_bound_is_the_binomial_quantile_by_hand():
-    from benchbench.report import false_certificate_bound
+    from benchbench.results.report import false_certificate_bound
 
     def cdf(m, k, a):
         return sum(math.comb(k, j) * a**j * (1 - a) ** (k - j) for j in range(m + 1))

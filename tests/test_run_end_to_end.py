@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from benchbench.cli import main
-from benchbench.results import COLUMNS, RADII, load_rows, tsv_name
+from benchbench.results.rundir import COLUMNS, RADII, load_rows, tsv_name
 
 
 def tiny_run(out, tiny_ddpm, *extra):

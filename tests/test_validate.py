@@ -6,9 +6,9 @@ import torch
 
 from benchbench.cli import main
 from benchbench.registry import register_purifier
-from benchbench.results import tsv_name
-from benchbench.seeding import CopyNoise, noise_generator
-from benchbench.validate import RANGE_MARGIN, OutputError, check_logits, check_purifier_output, majority_vote
+from benchbench.results.rundir import tsv_name
+from benchbench.smoothing.noise import CopyNoise, noise_generator
+from benchbench.smoothing.contract import RANGE_MARGIN, OutputError, check_logits, check_purifier_output, majority_vote
 
 X = torch.rand(4, 1, 8, 8)
 

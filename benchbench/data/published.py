@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchbench.data import ImageDataset, register_dataset
+from benchbench.data.dataset import ImageDataset, register_dataset
 from benchbench.errors import BenchError, InvalidArgument
 
 # The paper's CIFAR-10 models (see the README for what was checked about each).

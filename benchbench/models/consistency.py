@@ -29,8 +29,8 @@ from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, 
 
 from benchbench.errors import InvalidArgument
 from benchbench.models.store import _load
-from benchbench.seeding import CopyNoise
-from benchbench.sigma_modes import check_sigma_mode
+from benchbench.smoothing.noise import CopyNoise
+from benchbench.models.sigma_modes import check_sigma_mode
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 90.0

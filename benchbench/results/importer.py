@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from benchbench.errors import InvalidArgument, RunConflict, first_line
-from benchbench.results import CONFIG, RowWriter, open_run_dir, tsv_name, write_atomic, write_summary
+from benchbench.results.rundir import CONFIG, RowWriter, open_run_dir, tsv_name, write_atomic, write_summary
 
 FORMATS = ("cohen", "dds")
 HEADER = ["idx", "label", "predict", "radius", "correct", "time"]

@@ -24,8 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from benchbench.errors import InvalidArgument
-from benchbench.report import load_run_rows, pareto_front
-from benchbench.results import CONFIG
+from benchbench.results.report import load_run_rows, pareto_front
+from benchbench.results.rundir import CONFIG
 
 WIDTH = 3.4  # inches: one column of a two-column paper
 FORMATS = ("png", "svg")
@@ -135,7 +135,7 @@ def pareto_points(rows_or_run_dirs: Source, cost: str = "seconds", robustness: s
     The envelope point is the configuration's best σ point (ties: the smallest σ). robustness: ``acr`` = average
     certified radius, ``acc`` = certified accuracy (%) at ``radius``.
 
-    ``pareto`` is :func:`benchbench.report.pareto_front` over the per-σ points only — they are the
+    ``pareto`` is :func:`benchbench.results.report.pareto_front` over the per-σ points only — they are the
     operating points one can deploy; an envelope point is a summary of them and is never marked.
     """
     if cost not in COSTS:
@@ -332,7 +332,7 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
 
     The noisy image at σ is the first noisy copy certification drew for that image (the noise generator
     for (seed, idx, σ); pass the run's ``n0`` to draw it exactly as certification's first block, see
-    :func:`benchbench.quality.noisy_copies`), and a stochastic purifier gets that copy's own noise, so each
+    :func:`benchbench.results.quality.noisy_copies`), and a stochastic purifier gets that copy's own noise, so each
     purified image is the one certification classified; ``data_dir`` is where the dataset lives and
     ``classifier`` the run's classifier reference (for purifiers that use it). Returns
     ``{"indices": [...], "sigmas": [...], "clean": (K,C,H,W), "noisy": {σ: (K,C,H,W)},
@@ -340,9 +340,9 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
     """
     import torch
 
-    from benchbench.data import get_dataset
+    from benchbench.data.dataset import get_dataset
     from benchbench.models.store import load_classifier
-    from benchbench.quality import noisy_copies, purify_copies
+    from benchbench.results.quality import noisy_copies, purify_copies
     from benchbench.registry import get_purifier
 
     test = get_dataset(dataset, "test", data_dir=data_dir)

@@ -19,13 +19,13 @@ from typing import Callable, Collection, Mapping, Sequence
 import pandas as pd
 import torch
 
-from benchbench.certify import certification_batches, noisy_batches
+from benchbench.smoothing.certify import certification_batches, noisy_batches
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, first_line
 from benchbench.registry import Purifier, get_purifier
-from benchbench.report import QUALITY_FILE
-from benchbench.results import read_config, write_atomic
-from benchbench.seeding import CopyNoise, noise_generator
-from benchbench.validate import OutputError, checked_purify, majority_vote
+from benchbench.results.report import QUALITY_FILE
+from benchbench.results.rundir import read_config, write_atomic
+from benchbench.smoothing.noise import CopyNoise, noise_generator
+from benchbench.smoothing.contract import OutputError, checked_purify, majority_vote
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``distance(a, b)``: two batches (B, C, H, W) in [0, 1] → per-image distances, shape (B,)."""
@@ -127,10 +127,10 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
 
 
 def perceptual_distance(name: str, dataset: str, device: str = "cpu") -> Distance:
-    """The LPIPS-style distance ``name`` (``lpips`` = the dataset's default, see :mod:`benchbench.perceptual`)
+    """The LPIPS-style distance ``name`` (``lpips`` = the dataset's default, see :mod:`benchbench.models.perceptual`)
     taking images in [0, 1], as :func:`measure_quality` wants; raises CheckpointError when its backbone
     weights are missing."""
-    from benchbench.perceptual import get_distance, resolve_distance
+    from benchbench.models.perceptual import get_distance, resolve_distance
 
     d = get_distance(resolve_distance(name, dataset), device)
     return lambda a, b: d(2 * a - 1, 2 * b - 1)
@@ -142,7 +142,7 @@ def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpi
     run's classifier and seed; write ``quality.csv`` into the run directory and return it. ``distance`` is a
     callable, a distance name for :func:`perceptual_distance` (recorded in a ``distance_name`` column), or
     None to skip it. ``only``: the purifier labels to measure (default: all of the run's)."""
-    from benchbench.data import get_dataset
+    from benchbench.data.dataset import get_dataset
     from benchbench.models.store import load_classifier
 
     run_dir = Path(run_dir)
@@ -162,7 +162,7 @@ def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpi
         raise BenchError(f"cannot rebuild the run's purifiers to measure quality: {exc}") from None
     name = None
     if isinstance(distance, str):
-        from benchbench.perceptual import resolve_distance
+        from benchbench.models.perceptual import resolve_distance
 
         name = resolve_distance(distance, exp["dataset"])
         distance = perceptual_distance(name, exp["dataset"], device)

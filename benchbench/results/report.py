@@ -1,6 +1,6 @@
 """The paper table, the Pareto front and paired significance tests, as pure functions over a run's rows.
 
-Input is the rows DataFrame of :func:`benchbench.results.load_rows` (columns ``idx label predict radius
+Input is the rows DataFrame of :func:`benchbench.results.rundir.load_rows` (columns ``idx label predict radius
 correct time pa_lower nfe n purifier sigma``). An image is *certified at radius r* when ``correct == 1``
 and ``radius >= r``; every accuracy below is that fraction over the run's images. Only
 :func:`write_report` and :func:`load_run_rows` touch the disk.
@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.stats import binom, binomtest
 
 from benchbench.errors import BenchError, InvalidArgument, UnknownName
-from benchbench.results import RADII, load_rows, read_config, summarize, write_atomic
+from benchbench.results.rundir import RADII, load_rows, read_config, summarize, write_atomic
 
 PARETO_MARK = "†"
 QUALITY_FILE = "quality.csv"
@@ -93,7 +93,7 @@ def _run_order(rows: pd.DataFrame) -> list[str]:
 
 
 def per_sigma(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFrame:
-    """:func:`benchbench.results.summarize` (one row per (purifier, σ)) plus ``certified@r``, the count
+    """:func:`benchbench.results.rundir.summarize` (one row per (purifier, σ)) plus ``certified@r``, the count
     behind each ``acc@r``, which the exact intervals need."""
     radii = tuple(radii)
     out = summarize(rows, radii)
@@ -123,7 +123,7 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
     the whole accuracy-vs-radius curve. Selecting the best σ per cell is optimistic (it is what papers
     report); the per-σ numbers are in ``summary.csv``.
 
-    ``quality`` (the :mod:`benchbench.quality` table) adds, per σ, ``mse@σ=s``, ``distance@σ=s`` (when
+    ``quality`` (the :mod:`benchbench.results.quality` table) adds, per σ, ``mse@σ=s``, ``distance@σ=s`` (when
     measured) and ``label_kept@σ=s``. ``images`` and ``images_min`` are the largest and smallest number
     of images in the configuration's σ cells; ``images_expected`` is the run's image count (when given):
     a partial run shows them (see :func:`coverage_warning`). Raises BenchError when ``rows`` is empty.

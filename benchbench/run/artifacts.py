@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Collection
 
 from benchbench.errors import CheckpointError
-from benchbench.quality import DEFAULT_COPIES, Distance, write_quality
-from benchbench.report import format_markdown, write_report
-from benchbench.results import read_config
+from benchbench.results.quality import DEFAULT_COPIES, Distance, write_quality
+from benchbench.results.report import format_markdown, write_report
+from benchbench.results.rundir import read_config
 
 
 @dataclass
@@ -28,7 +28,7 @@ def write_run_artifacts(run_dir: Path | str, *, device: str = "cpu", grid_images
     ``radius.png``, ``grid.png`` into a run directory. Figures are PNG only here; the ``bench plot``
     commands also write SVG. Purifier labels in ``skip`` (those that failed) are left out of quality and
     the image grid; their rows, if any, stay in the report."""
-    from benchbench.plots import grid_from_run, plot_grid, plot_pareto, plot_radius
+    from benchbench.results.plots import grid_from_run, plot_grid, plot_pareto, plot_radius
 
     run_dir = Path(run_dir)
     exp = read_config(run_dir)["experiment"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from benchbench.errors import BenchError, PluginFault, first_line
-from benchbench.plan import Task
+from benchbench.run.plan import Task
 
 OnRows = Callable[[Task, list[dict[str, Any]]], None]
 OnFault = Callable[[Task, str], None]
@@ -45,7 +45,7 @@ class WorkerSpec:
     """What a Ray worker needs: the run config, how to build its models and certify a task (functions,
     pickled by reference), the worker's device and torch threads."""
 
-    config: Any  # benchbench.runner.RunConfig
+    config: Any  # benchbench.run.runner.RunConfig
     build: Callable[[Any, Any], Any]
     certify: Certify
     device: str

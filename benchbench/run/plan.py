@@ -2,7 +2,7 @@
 
 A run's work is a list of *units* — (purifier label, σ, image index) — in a fixed order: purifier, then σ,
 then image, as the config lists them. Every unit is fully determined by the config and the run seed (all
-its randomness is keyed by (seed, image, σ, copy), see :mod:`benchbench.seeding`), so it gives the same row
+its randomness is keyed by (seed, image, σ, copy), see :mod:`benchbench.smoothing.noise`), so it gives the same row
 wherever it runs: in this process, in a shard, or on a Ray worker.
 
 * ``--shard K/N`` keeps units K−1, K−1+N, K−1+2N, … of that list: a deterministic 1/N, balanced across

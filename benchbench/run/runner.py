@@ -2,7 +2,7 @@
 
 For each purifier configuration, each σ and each selected test image it certifies the smoothed
 classifier g(x) = argmax_c P(classifier(purifier(x + δ, σ)) = c) and appends one row to that pair's TSV.
-Every random draw is keyed by what it is for (:mod:`benchbench.seeding`): the noise of image i at σ by
+Every random draw is keyed by what it is for (:mod:`benchbench.smoothing.noise`): the noise of image i at σ by
 (run seed, i, σ), a stochastic purifier's noise for a copy by (run seed, i, σ, copy). So every purifier
 sees the same noisy copies (a paired comparison) and no count depends on the batch size.
 
@@ -22,23 +22,23 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from benchbench.certify import ABSTAIN, certificate_from_counts, certification_batches, check_protocol, \
+from benchbench.smoothing.certify import ABSTAIN, certificate_from_counts, certification_batches, check_protocol, \
     noisy_batches
-from benchbench.data import ImageDataset, dataset_info, default_data_dir, get_dataset
-from benchbench.environment import environment
+from benchbench.data.dataset import ImageDataset, dataset_info, default_data_dir, get_dataset
+from benchbench.run.environment import environment
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line
-from benchbench.executors import EXECUTORS, run_local, run_ray
-from benchbench.lock import RunLock, check_unlocked
+from benchbench.run.executors import EXECUTORS, run_local, run_ray
+from benchbench.results.lock import RunLock, check_unlocked
 from benchbench.models.store import fingerprint, load_classifier
-from benchbench.nfe import ForwardCounter
-from benchbench.plan import Shard, Task, images_per_task, make_tasks, shard_units, units
-from benchbench.presets import preset_values
+from benchbench.smoothing.nfe import ForwardCounter
+from benchbench.run.plan import Shard, Task, images_per_task, make_tasks, shard_units, units
+from benchbench.run.presets import preset_values
 from benchbench.registry import Purifier, PurifierSpec, get_purifier, parse_purifier_list
-from benchbench.resources import ActivationMeter, check_batch_memory, check_device, check_output_location
-from benchbench.results import NOISE_SCHEME, RowWriter, check_run_dir, format_summary, open_run_dir, tsv_name, \
+from benchbench.run.resources import ActivationMeter, check_batch_memory, check_device, check_output_location
+from benchbench.results.rundir import NOISE_SCHEME, RowWriter, check_run_dir, format_summary, open_run_dir, tsv_name, \
     write_summary
-from benchbench.seeding import CopyNoise, check_seed, noise_generator, sigma_key
-from benchbench.validate import OutputError, check_logits, checked_purify, majority_vote
+from benchbench.smoothing.noise import CopyNoise, check_seed, noise_generator, sigma_key
+from benchbench.smoothing.contract import OutputError, check_logits, checked_purify, majority_vote
 
 NOISE_DEVICES = ("cpu", "device")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -178,7 +178,7 @@ class RunResult:
 
 
 def _distance_record(dataset: str) -> dict[str, str]:
-    from benchbench.perceptual import default_perceptual, distance_record
+    from benchbench.models.perceptual import default_perceptual, distance_record
 
     return distance_record(default_perceptual(dataset))
 
@@ -384,7 +384,7 @@ def certify_task(ctx: Context, task: Task) -> list[dict[str, Any]]:
     """The rows of one task: Cohen et al.'s CERTIFY for each of its images, their noisy copies packed
     together into batches of the run's batch size (so a small n still fills a batch).
 
-    Each image's n0 + n copies are the ones :func:`benchbench.certify.certify` would draw from its
+    Each image's n0 + n copies are the ones :func:`benchbench.smoothing.certify.certify` would draw from its
     generator (the same blocks), and a stochastic purifier's noise is keyed per copy, so the counts are
     those of certifying the images one by one, in any packing. ``time`` is the task's seconds split evenly
     over its images; ``nfe`` the task's network rows per noisy sample.

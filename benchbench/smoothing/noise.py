@@ -44,7 +44,7 @@ def check_seed(seed: int) -> None:
 def noise_generator(seed: int, idx: int, sigma: float, stream: int = CERTIFICATION_STREAM,
                     device: str | torch.device = "cpu") -> torch.Generator:
     """A generator on ``device`` seeded by (run seed, image index, σ, stream) alone. Stream 0 is the
-    certification noise (drawn by :func:`benchbench.certify.noisy_batches` in fixed blocks). A CUDA
+    certification noise (drawn by :func:`benchbench.smoothing.certify.noisy_batches` in fixed blocks). A CUDA
     generator with the same seed draws other values than the CPU one, but the same on every GPU of one
     torch version: pairing across purifiers holds on one noise device."""
     return torch.Generator(device=device).manual_seed(_seed([seed, idx, sigma_key(sigma), stream]))

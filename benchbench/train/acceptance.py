@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from benchbench.criteria import CRITERIA
-from benchbench.data import dataset_info, get_dataset
+from benchbench.train.criteria import CRITERIA
+from benchbench.data.dataset import dataset_info, get_dataset
 from benchbench.models.consistency import ConsistencyModel, load_consistency, purify
 from benchbench.models.store import load_classifier, load_ddpm
-from benchbench.perceptual import get_distance, resolve_distance
-from benchbench.sigma_modes import DEFAULT_SIGMA_MODE
+from benchbench.models.perceptual import get_distance, resolve_distance
+from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE
 
 CERT_SIGMAS = (0.25, 0.5, 1.0)
 TEACHER_SOLVER = {"solver": "heun", "steps": 25, "karras_sigmas": True}  # 49 network calls per sample

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.models.classifier import SmallCNN
 from benchbench.train.common import prepare_output, seed_everything, write_manifest
 

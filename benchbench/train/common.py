@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from benchbench.environment import versions
+from benchbench.run.environment import versions
 from benchbench.errors import BenchError
 
 

@@ -1,6 +1,6 @@
 """The acceptance criteria `bench evaluate consistency` checks, all on the val split.
 
-Plain constants, kept apart from :mod:`benchbench.quality_cm` so that building the CLI's help does not
+Plain constants, kept apart from :mod:`benchbench.train.acceptance` so that building the CLI's help does not
 import torch and diffusers.
 """
 

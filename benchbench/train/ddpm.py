@@ -16,7 +16,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.train.common import (ema_copy, optimizer_step, prepare_output, seed_everything, smoothed,
                                      write_manifest)
 

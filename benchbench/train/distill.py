@@ -27,12 +27,12 @@ from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from benchbench.data import dataset_info, get_dataset
+from benchbench.data.dataset import dataset_info, get_dataset
 from benchbench.errors import BenchError, InvalidArgument
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
 from benchbench.models.ddpm_ve import DDPMAsVE
 from benchbench.models.store import fingerprint, load_ddpm
-from benchbench.perceptual import Distance, distance_record, get_distance, resolve_distance
+from benchbench.models.perceptual import Distance, distance_record, get_distance, resolve_distance
 from benchbench.train.common import (LossLog, ema_copy, optimizer_step, prepare_output, seed_everything,
                                      write_manifest)
 
@@ -113,8 +113,8 @@ def distillation_loss(student: ConsistencyModel, target: ConsistencyModel, teach
 
 def train_distill(out: str | Path, config: DistillConfig, device: str = "cpu") -> dict[str, Any]:
     """Distil, save to ``out`` as a ConsistencyModelPipeline folder with a manifest (quality metrics from
-    :func:`benchbench.quality_cm.evaluate_consistency` included), and return the manifest."""
-    from benchbench.quality_cm import evaluate_consistency
+    :func:`benchbench.train.acceptance.evaluate_consistency` included), and return the manifest."""
+    from benchbench.train.acceptance import evaluate_consistency
 
     out = prepare_output(out)
     gen = seed_everything(config.seed)

@@ -29,13 +29,13 @@ import torch
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.errors import InvalidArgument
 from benchbench.models.consistency import (ConsistencyModel, assumed_level, first_call, level_at_or_above,
                                            load_consistency)
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
-from benchbench.perceptual import Distance, distance_record, get_distance, resolve_distance
-from benchbench.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
+from benchbench.models.perceptual import Distance, distance_record, get_distance, resolve_distance
+from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
 from benchbench.train.distill import check_image_shape
 from benchbench.train.common import (LossLog, ema_copy, optimizer_step, prepare_output, seed_everything,
                                      write_manifest)
@@ -92,7 +92,7 @@ def anchor_loss(model: ConsistencyModel, base: ConsistencyModel, x: torch.Tensor
 
 def train_finetune(out: str | Path, config: FinetuneConfig, device: str = "cpu") -> dict[str, Any]:
     """Fine-tune, save to ``out`` as a ConsistencyModelPipeline folder with a manifest, return the manifest."""
-    from benchbench.quality_cm import evaluate_consistency
+    from benchbench.train.acceptance import evaluate_consistency
 
     check_sigma_mode(config.sigma_mode)
     out = prepare_output(out)

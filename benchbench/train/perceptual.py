@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from benchbench.data import get_dataset
+from benchbench.data.dataset import get_dataset
 from benchbench.models.feature_net import FeatureNet
 from benchbench.train.common import LossLog, optimizer_step, prepare_output, seed_everything, write_manifest
 
