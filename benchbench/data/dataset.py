@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from benchbench.errors import BenchError, InvalidArgument
-from benchbench.plugins import Registry
+from benchbench.registry import Registry
 
 SPLITS = ("train", "val", "test")
 DATA_DIR_ENV = "BENCH_DATA_DIR"
@@ -128,20 +127,3 @@ def get_dataset(spec: str, split: str, *, data_dir: str | Path | None = None, do
     if not isinstance(dataset, ImageDataset):
         raise BenchError(f"dataset {spec!r}: its loader returned {type(dataset).__name__}, not an ImageDataset")
     return dataset
-
-
-DIGITS_TRAIN_SIZE = 1347  # train + val: the test set is the remaining 450
-DIGITS_VAL_SIZE = 200      # the last 200 of those 1,347 indices
-
-
-@register_dataset("digits", default_classifier="digits", default_ddpm="digits", default_consistency="digits")
-def load_digits(split: str) -> ImageDataset:
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    order = np.random.RandomState(0).permutation(len(bunch.target))
-    cut = DIGITS_TRAIN_SIZE - DIGITS_VAL_SIZE
-    idx = {"train": order[:cut], "val": order[cut:DIGITS_TRAIN_SIZE], "test": order[DIGITS_TRAIN_SIZE:]}[split]
-    images = torch.from_numpy(bunch.images[idx].astype(np.float32) / 16.0).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target[idx].astype(np.int64))
-    return ImageDataset("digits", split, images, labels, 10)
