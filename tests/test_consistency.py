@@ -257,7 +257,8 @@ def test_shipped_consistency_manifests_reproduce_on_val():
     """RobustBench-style: the purification numbers each manifest claims (val split, its σ mode) are what the
     shipped weights still give, and its recorded checks agree with its own numbers."""
     from benchbench.data.dataset import get_dataset
-    from benchbench.models.store import load_classifier, read_manifest
+    from benchbench.models.classifiers import load_classifier
+    from benchbench.models.store import read_manifest
     from benchbench.train.acceptance import purification_scores
 
     val = get_dataset("digits", "val")

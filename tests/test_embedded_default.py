@@ -9,7 +9,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from benchbench.data.dataset import get_dataset
-from benchbench.models.store import embedded_path, load_classifier, read_manifest
+from benchbench.models.classifiers import load_classifier
+from benchbench.models.store import embedded_path, read_manifest
 
 
 def test_digits_split_is_fixed_disjoint_and_in_range():

@@ -124,7 +124,7 @@ def test_other_float_dtypes_are_cast_not_a_traceback(tmp_path, name):
 
 
 def test_a_corrupt_but_readable_classifier_is_refused(tmp_path):
-    from benchbench.models.store import load_classifier
+    from benchbench.models.classifiers import load_classifier
 
     model = load_classifier("digits")
     for p in model.parameters():

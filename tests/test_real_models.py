@@ -23,7 +23,7 @@ from realworld import (save_class_conditional_cm, save_cosine_learned_ddpm, save
 
 from benchbench.cli import main  # noqa: E402
 from benchbench.errors import BenchError, CheckpointError, InvalidArgument  # noqa: E402
-from benchbench.models.store import load_classifier  # noqa: E402
+from benchbench.models.classifiers import load_classifier  # noqa: E402
 from benchbench.registry import get_purifier  # noqa: E402
 
 
@@ -244,7 +244,7 @@ def check_run(out, purifiers_nfe):
 @pytest.mark.slow
 def test_bench_run_on_cifar10_format_data(world, tmp_path):
     out = tmp_path / "run"
-    # the command: a class-conditional CM without class_label gets the predicted label (auto)
+    # the documented command: a class-conditional CM without class_label gets the predicted label (auto)
     purifiers = (f"ddpm:model={world['ddpm32']},pfode:model={world['ddpm32']}:steps=2,"
                  f"consistency:model={world['cm32']}")
     assert main(["run", "--dataset", "cifar10", "--data-dir", str(world["cifar"]), "--classifier",

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchbench.errors import BenchError, CheckpointError, InvalidArgument, first_line
-from benchbench.plugins import Registry
+from benchbench.models.store import fingerprint, hub_call, load_smallcnn
+from benchbench.registry import Registry
 
 Builder = Callable[..., nn.Module]
 CLASSIFIERS: Registry[Builder] = Registry("classifier", "benchbench.classifiers")
@@ -97,10 +98,10 @@ def split_ref(ref: str) -> tuple[str | None, str]:
     return None, ref
 
 
-def build_classifier(ref: str, device: str | torch.device = "cpu", dataset: str = "digits") -> nn.Module:
-    """The classifier named by ``ref`` (see the module docstring), in eval mode on ``device``."""
-    from benchbench.models.store import fingerprint, load_smallcnn
-
+def load_classifier(ref: str, device: str | torch.device = "cpu", dataset: str = "digits") -> nn.Module:
+    """Load a classifier (images in [0, 1] at the dataset's resolution → logits) in eval mode on ``device``;
+    ``ref`` is any form of the module docstring. Its ``fingerprint`` attribute identifies the weights
+    (recorded in config.json)."""
     prefix, arg = split_ref(ref)
     if prefix is None:
         net = load_smallcnn(ref, device)
@@ -128,7 +129,6 @@ def _file_sha256(path: Path) -> str:
 def hf_classifier(arg: str, *, device: str = "cpu", dataset: str = "digits") -> nn.Module:
     """A transformers image classifier (hub id, ``ID@REVISION``, or ``save_pretrained`` folder) with the
     size and normalisation of its image processor (``preprocessor_config.json``)."""
-    from benchbench.models.store import fingerprint, hub_call
 
     transformers = require("transformers")
     net = hub_call(transformers.AutoModelForImageClassification.from_pretrained, arg, "classifier")
@@ -173,7 +173,6 @@ def timm_classifier(arg: str, *, device: str = "cpu", dataset: str = "digits") -
         kwargs["checkpoint_path"] = str(path)
         fp = _file_sha256(path)
     elif name.startswith("local-dir:"):
-        from benchbench.models.store import fingerprint
 
         folder = Path(name[len("local-dir:"):]).expanduser()
         if not folder.is_dir():

@@ -10,9 +10,10 @@ A model reference is one of:
   model resolved to is part of its fingerprint (``hub:ID@COMMIT``), recorded in the run's config.json.
 
 A DDPM is a ``DDPMPipeline`` folder: ``unet/`` (``UNet2DModel``) and ``scheduler/`` (``DDPMScheduler``).
-A classifier reference is any form of :mod:`benchbench.models.classifiers` (``hf:…``, ``timm:…``,
-``robustbench:…``, ``torchscript:…``) or a folder holding a :class:`~benchbench.models.classifier.SmallCNN`
-with ``config.json`` beside the safetensors weights.
+A SmallCNN classifier is a folder holding a :class:`~benchbench.models.classifier.SmallCNN` with ``config.json``
+beside the safetensors weights; every other classifier reference (``hf:…``, ``timm:…``, ``robustbench:…``,
+``torchscript:…``) is built by :func:`benchbench.models.classifiers.load_classifier` with this module's
+resolution, hub access and fingerprints (that module imports this one, never the reverse).
 """
 
 from __future__ import annotations
@@ -111,15 +112,6 @@ def load_smallcnn(ref: str, device: str | torch.device = "cpu") -> torch.nn.Modu
     from benchbench.models.classifier import SmallCNN
 
     return _load(SmallCNN, ref, "classifier").to(device).eval()
-
-
-def load_classifier(ref: str, device: str | torch.device = "cpu", dataset: str = "digits") -> torch.nn.Module:
-    """Load a classifier (images in [0, 1] at the dataset's resolution → logits) in eval mode on ``device``;
-    ``ref`` is any form of :mod:`benchbench.models.classifiers`. Its ``fingerprint`` attribute identifies
-    the weights (recorded in config.json)."""
-    from benchbench.models.classifiers import build_classifier
-
-    return build_classifier(ref, device, dataset)
 
 
 def noise_classifier_ref(dataset: str, sigma: float) -> str | None:

@@ -341,7 +341,7 @@ def purification_grid(purifier_specs: Sequence[Any], dataset: str, sigmas: Seque
     import torch
 
     from benchbench.data.dataset import get_dataset
-    from benchbench.models.store import load_classifier
+    from benchbench.models.classifiers import load_classifier
     from benchbench.results.quality import noisy_copies, purify_copies
     from benchbench.registry import get_purifier
 

@@ -98,7 +98,7 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
         for sigma in sigmas:
             clf = classifier
             if hasattr(purifier, "classifier_for"):  # the Cohen et al. baseline: its noise-trained classifier
-                from benchbench.models.store import load_classifier
+                from benchbench.models.classifiers import load_classifier
 
                 clf = load_classifier(purifier.classifier_for(sigma), device)
             mse, dist, kept = [], [], []
@@ -143,7 +143,7 @@ def write_quality(run_dir: Path | str, *, distance: Distance | str | None = "lpi
     callable, a distance name for :func:`perceptual_distance` (recorded in a ``distance_name`` column), or
     None to skip it. ``only``: the purifier labels to measure (default: all of the run's)."""
     from benchbench.data.dataset import get_dataset
-    from benchbench.models.store import load_classifier
+    from benchbench.models.classifiers import load_classifier
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)

@@ -29,7 +29,8 @@ from benchbench.run.environment import environment
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line
 from benchbench.run.executors import EXECUTORS, run_local, run_ray
 from benchbench.results.lock import RunLock, check_unlocked
-from benchbench.models.store import fingerprint, load_classifier
+from benchbench.models.classifiers import load_classifier
+from benchbench.models.store import fingerprint
 from benchbench.smoothing.nfe import ForwardCounter
 from benchbench.run.plan import Shard, Task, images_per_task, make_tasks, shard_units, units
 from benchbench.run.presets import preset_values

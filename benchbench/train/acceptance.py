@@ -29,7 +29,8 @@ from scipy import linalg
 from benchbench.train.criteria import CRITERIA
 from benchbench.data.dataset import dataset_info, get_dataset
 from benchbench.models.consistency import ConsistencyModel, load_consistency, purify
-from benchbench.models.store import load_classifier, load_ddpm
+from benchbench.models.classifiers import load_classifier
+from benchbench.models.store import load_ddpm
 from benchbench.models.perceptual import get_distance, resolve_distance
 from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE
 
