@@ -1,4 +1,4 @@
-"""Issue 10, a fair comparison: the validation split, the independent perceptual network, consistency σ
+"""A fair comparison: the validation split, the independent perceptual network, consistency σ
 modes, the Cohen et al. and DensePure baselines, presets and the two-panel Pareto figure.
 
 Expected values come from formulas written out here (DDPM posterior, NT-Xent, LPIPS, Karras grid), from
@@ -15,7 +15,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from benchbench.cli import main
 from benchbench.data.dataset import get_dataset
 from benchbench.models.consistency import ConsistencyModel, make_scheduler
-from benchbench.models.store import embedded_path, load_classifier, read_manifest
+from benchbench.models.classifiers import load_classifier
+from benchbench.models.store import embedded_path, read_manifest
 from benchbench.smoothing.noise import CopyNoise
 # The independent references (Karras grid, Song et al.'s scalings) and the tiny models' grid, written once.
 from test_consistency import N, SIGMA_MAX, karras_grid, reference_f
@@ -229,7 +230,7 @@ class _no_warning:
 
 
 def test_default_mode_is_within_15_percent_of_two_sigma_or_warns():
-    """Issue 10's criterion: in the default mode the level the model is given or assumes is within 15% of
+    """The fair-comparison criterion: in the default mode the level the model is given or assumes is within 15% of
     2σ at every σ of the list, or a warning says so (naming the mode that avoids it)."""
     import warnings
 
