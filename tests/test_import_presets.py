@@ -17,9 +17,14 @@ ROWS = [(0, 3, 3, 0.521, "0:00:01.500000"), (20, 8, 8, 0.75, "0:00:02.250000"), 
 CORRECT = [1, 1, 0, 0, 1]
 
 
-def write(path, running_total):
+def write(path, running_total, indices=None):
+    """The rows above (the first len(indices), renumbered to ``indices`` when given) as certify.py writes them."""
     total, lines = 0, []
-    for (idx, label, pred, radius, time), ok in zip(ROWS, CORRECT):
+    for k, ((idx, label, pred, radius, time), ok) in enumerate(zip(ROWS, CORRECT)):
+        if indices is not None:
+            if k == len(indices):
+                break
+            idx = indices[k]
         total += ok
         lines.append(f"{idx}\t{label}\t{pred}\t{radius:.3}\t{total if running_total else ok}\t{time}\n")
     path.write_text(HEADER + "".join(lines))
@@ -51,7 +56,7 @@ def test_import_adds_published_rows_beside_a_run(tmp_path, tiny_ddpm):
     assert main(["run", "--purifiers", "identity", "--num-images", "3", "--n0", "4", "--n", "16", "--sigmas", "0.5",
                  "--out", str(run)]) == 0
     experiment = json.loads((run / "config.json").read_text())["experiment"]
-    src = write(tmp_path / "dds.tsv", running_total=True)
+    src = write(tmp_path / "dds.tsv", running_total=True, indices=experiment["image_indices"])
     assert main(["import", "dds", str(src), "--sigma", "0.5", "--out", str(run), "--label", "DDS (published)"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["experiment"] == experiment  # the run still resumes

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import beta, binom
+from scipy.stats import beta, binom, norm
 
 from benchbench.errors import BenchError, InvalidArgument, UnknownName
 from benchbench.results.report import binomial_interval, mcnemar_exact, paper_table, pareto_front, write_report
@@ -117,10 +117,12 @@ def test_paper_table_matches_numbers_recomputed_from_the_tsvs(tmp_path):
 
 
 def test_best_sigma_ties_go_to_the_smallest_sigma(tmp_path):
-    same = [{"idx": i, "label": 1, "predict": 1, "radius": 0.3, "correct": 1, "time": 0.1, "pa_lower": 0.9,
-             "nfe": 0, "n": 100} for i in range(4)]
+    def same(sigma):  # radius 0.3 at either σ: its pa_lower differs
+        return [{"idx": i, "label": 1, "predict": 1, "radius": 0.3, "correct": 1, "time": 0.1,
+                 "pa_lower": round(norm.cdf(0.3 / sigma), 6), "nfe": 0, "n": 100} for i in range(4)]
+
     run = write_run(tmp_path / "run", [{"label": "p", "name": "p", "params": {}}],
-                    {("p", 1.0): same, ("p", 0.5): same})
+                    {("p", 1.0): same(1.0), ("p", 0.5): same(0.5)})
     table = paper_table(load_rows(run))
     assert table.loc[0, "acc@0_sigma"] == 0.5 and table.loc[0, "acr_sigma"] == 0.5
     assert table.loc[0, "acc@0.25"] == 1.0 and table.loc[0, "acc@0.5"] == 0.0
@@ -165,7 +167,8 @@ def test_paper_table_of_no_rows_is_an_error():
 
 def _rows(label, successes, sigma=0.5, radius=0.4, start=0):
     return [{"idx": start + i, "label": 3, "predict": 3 if ok else -1, "radius": radius if ok else 0.0,
-             "correct": int(ok), "time": 0.1, "pa_lower": 0.9, "nfe": 0, "n": 100}
+             "correct": int(ok), "time": 0.1, "pa_lower": round(norm.cdf(radius / sigma), 6) if ok else 0.3,
+             "nfe": 0, "n": 100}
             for i, ok in enumerate(successes)]
 
 
