@@ -35,12 +35,20 @@ FORMATS = ("cohen", "dds")
 HEADER = ["idx", "label", "predict", "radius", "correct", "time"]
 
 
-def _seconds(values: pd.Series) -> pd.Series:
-    """``time`` as seconds: numbers stay, ``H:MM:SS.ffffff`` strings are parsed by pandas."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all():
-        return numeric.astype(float)
-    return pd.to_timedelta(values.astype(str)).dt.total_seconds()
+def _seconds(path: Path, rows: pd.DataFrame) -> pd.Series:
+    """``time`` as seconds: numbers stay, ``H:MM:SS.ffffff`` strings are parsed by pandas; a value that is
+    neither is an InvalidArgument naming its row."""
+    out = []
+    for i, text in enumerate(rows["time"]):
+        try:
+            out.append(float(text))
+        except ValueError:
+            try:
+                out.append(pd.Timedelta(text).total_seconds())
+            except ValueError:
+                raise InvalidArgument(f"{path}: row {i + 2} (idx {rows['idx'].iloc[i]}): time {text!r} is neither "
+                                      "seconds nor H:MM:SS.ffffff") from None
+    return pd.Series(out, index=rows.index, dtype=float)
 
 
 def _first_bad(path: Path, rows: pd.DataFrame, bad: pd.Series, what: str) -> None:
@@ -85,10 +93,7 @@ def read_published(path: str | Path, fmt: str, sigma: float, n: int | None = Non
     ints = {c: numbers[c].astype("int64") for c in ("idx", "label", "predict")}
     correct = numbers["correct"].astype("int64")
     radius = numbers["radius"].astype(float)
-    try:
-        seconds = _seconds(rows["time"])
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(f"{path}: a time is not a number or H:MM:SS.ffffff ({first_line(exc)})") from None
+    seconds = _seconds(path, rows)
     _first_bad(path, rows, ~(seconds.map(math.isfinite) & (seconds >= 0)), "time is negative or not finite")
     if fmt == "dds":  # a running total: row i's own value is the increase over row i−1
         correct = correct.diff().fillna(correct.iloc[0]).astype("int64")
