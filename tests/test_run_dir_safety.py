@@ -37,6 +37,20 @@ def test_merge_and_report_refuse_file_names_outside_the_run(tmp_path, capsys, na
     assert tree(tmp_path) == before and not (tmp_path / "m").exists()
 
 
+def test_a_row_file_that_links_outside_the_run_is_refused(tmp_path, capsys):
+    run = standard_run(tmp_path / "run")
+    name = json.loads((run / "config.json").read_text())["files"][0]["file"]
+    outside = tmp_path / "outside.tsv"
+    (run / name).rename(outside)
+    (run / name).symlink_to(outside)
+    before = outside.read_bytes()
+    assert main(["report", str(run)]) == 2
+    assert main(["merge", str(run), "--out", str(tmp_path / "m"), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("symbolic link" in line for line in err)
+    assert outside.read_bytes() == before and not (tmp_path / "m").exists()
+
+
 def test_a_tampered_radius_is_refused(tmp_path, capsys):
     run = standard_run(tmp_path / "run")
     config = json.loads((run / "config.json").read_text())

@@ -301,6 +301,8 @@ def read_tsv(path: Path, entry: dict[str, Any], experiment: dict[str, Any], *,
     when ``allow_partial_last``, an error otherwise.
     """
     path = Path(path)
+    if path.is_symlink():  # it would read (and RowWriter append to) a file outside the run directory
+        raise InvalidArgument(f"{path} is a symbolic link; a run's rows must be plain files inside it")
     if not path.exists():
         return TsvContent(pd.DataFrame(columns=list(COLUMNS)), 0)
     try:
