@@ -11,7 +11,9 @@ Both write one tab-separated row per image with the header ``idx label predict r
 Rows land in benchbench's TSV format. ``pa_lower`` is recovered as Φ(radius/σ) for certified rows (from the
 3-digit radius) and left empty for abstentions; ``nfe`` is unknown (empty); ``n`` is what the caller says.
 Into an existing run directory the rows are added as one more purifier (its entry in ``files`` carries an
-``imported`` record); otherwise a new run directory holds them alone.
+``imported`` record, with the α given); otherwise a new run directory holds them alone. Nothing is written
+until every row has passed the checks every later read makes, the rows name only images the run has, and
+no other bench process holds the run's lock.
 """
 
 from __future__ import annotations
