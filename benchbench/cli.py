@@ -144,7 +144,8 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--label", help="row label in reports (default: the format name)")
     imp.add_argument("--dataset", help="dataset the file was certified on (recorded; for a new run directory)")
     imp.add_argument("--n", type=int, help="the file's estimation sample count (recorded in each row)")
-    imp.add_argument("--alpha", type=float, help="the file's α (recorded; for a new run directory)")
+    imp.add_argument("--alpha", type=float, help="the file's α (recorded; with --n, radii above what n samples "
+                                                  "at α can certify are refused; bench report --alpha-aware needs it)")
     _add_reporting(sub)
     return parser
 
@@ -230,10 +231,12 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from benchbench.run.artifacts import write_run_artifacts
-    from benchbench.results.rundir import format_summary, merge_runs, write_summary
+    from benchbench.results.rundir import format_summary, merge_runs, missing_shards, write_summary
 
     out = Path(args.out)
-    merge_runs(out, [Path(d) for d in args.run_dirs])
+    missing = missing_shards(merge_runs(out, [Path(d) for d in args.run_dirs]))
+    if missing:
+        print(f"bench: warning: {missing}", file=sys.stderr)
     print(format_summary(write_summary(out)))
     if not args.no_report:
         artifacts = write_run_artifacts(out, device=_device(args.device))
@@ -416,10 +419,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    import warnings
+
     from benchbench.results.importer import import_published
 
-    path = import_published(args.file, args.format, sigma=args.sigma, out=args.out, label=args.label,
-                            dataset=args.dataset, n=args.n, alpha=args.alpha)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = import_published(args.file, args.format, sigma=args.sigma, out=args.out, label=args.label,
+                                dataset=args.dataset, n=args.n, alpha=args.alpha)
+    for w in caught:
+        print(f"bench: warning: {w.message}", file=sys.stderr)
     print(f"wrote {path} (and config.json, summary) in {args.out}")
     return 0
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "pa_lower", "nfe", "n"]
 
@@ -19,15 +20,18 @@ def random_rows(rng: np.random.RandomState, sigma: float, indices: list[int], se
     for idx in indices:
         label = int(rng.randint(10))
         u = rng.rand()
+        # pa_lower up to 0.93, below 0.001^(1/100): what n = 100 samples at α = 0.001 can certify at most
         if u < skill:  # correct, with a radius that may be 0
-            predict, radius = label, float(rng.choice([0.0, rng.uniform(0, 2 * sigma)]))
+            predict, pa = label, float(rng.choice([0.5, rng.uniform(0.5, 0.93)]))
         elif u < skill + (1 - skill) / 2:  # abstain
-            predict, radius = -1, 0.0
+            predict, pa = -1, 0.3
         else:  # certified, but the wrong class: must not count
-            predict, radius = (label + 1) % 10, float(rng.uniform(0, 2 * sigma))
-        rows.append({"idx": idx, "label": label, "predict": predict, "radius": round(radius, 5),
+            predict, pa = (label + 1) % 10, float(rng.uniform(0.5, 0.93))
+        pa = round(pa, 6)
+        radius = round(sigma * norm.ppf(pa), 6) if predict >= 0 else 0.0  # Cohen et al.'s radius
+        rows.append({"idx": idx, "label": label, "predict": predict, "radius": radius,
                      "correct": int(predict == label), "time": round(sec * rng.uniform(0.9, 1.1), 5),
-                     "pa_lower": 0.9, "nfe": nfe, "n": 100})
+                     "pa_lower": pa, "nfe": nfe, "n": 100})
     return rows
 
 

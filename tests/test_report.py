@@ -1,12 +1,13 @@
 """The reporting layer's numbers, recomputed independently: Pareto front, exact intervals, the paper table
 from hand-read TSV rows, and the exact McNemar test against scipy's binomial distribution."""
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import beta, binom
+from scipy.stats import beta, binom, norm
 
 from benchbench.errors import BenchError, InvalidArgument, UnknownName
 from benchbench.results.report import binomial_interval, mcnemar_exact, paper_table, pareto_front, write_report
@@ -117,10 +118,12 @@ def test_paper_table_matches_numbers_recomputed_from_the_tsvs(tmp_path):
 
 
 def test_best_sigma_ties_go_to_the_smallest_sigma(tmp_path):
-    same = [{"idx": i, "label": 1, "predict": 1, "radius": 0.3, "correct": 1, "time": 0.1, "pa_lower": 0.9,
-             "nfe": 0, "n": 100} for i in range(4)]
+    def same(sigma):  # radius 0.3 at either σ: its pa_lower differs
+        return [{"idx": i, "label": 1, "predict": 1, "radius": 0.3, "correct": 1, "time": 0.1,
+                 "pa_lower": round(norm.cdf(0.3 / sigma), 6), "nfe": 0, "n": 100} for i in range(4)]
+
     run = write_run(tmp_path / "run", [{"label": "p", "name": "p", "params": {}}],
-                    {("p", 1.0): same, ("p", 0.5): same})
+                    {("p", 1.0): same(1.0), ("p", 0.5): same(0.5)})
     table = paper_table(load_rows(run))
     assert table.loc[0, "acc@0_sigma"] == 0.5 and table.loc[0, "acr_sigma"] == 0.5
     assert table.loc[0, "acc@0.25"] == 1.0 and table.loc[0, "acc@0.5"] == 0.0
@@ -165,7 +168,8 @@ def test_paper_table_of_no_rows_is_an_error():
 
 def _rows(label, successes, sigma=0.5, radius=0.4, start=0):
     return [{"idx": start + i, "label": 3, "predict": 3 if ok else -1, "radius": radius if ok else 0.0,
-             "correct": int(ok), "time": 0.1, "pa_lower": 0.9, "nfe": 0, "n": 100}
+             "correct": int(ok), "time": 0.1, "pa_lower": round(norm.cdf(radius / sigma), 6) if ok else 0.3,
+             "nfe": 0, "n": 100}
             for i, ok in enumerate(successes)]
 
 
@@ -262,3 +266,94 @@ def test_report_alpha_aware_and_compare_with_holm(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("Holm-adjusted p") == 2 and "Holm over 2 pairs" in out
     assert main(["report", str(run), "--alpha-aware", "2"]) == 2
+
+
+def _alpha_aware_by_hand(k, n, alpha, delta, cells):
+    """(k − m)/n, at least 0, with m the smallest count whose Binomial(n, α) cdf reaches 1 − δ/cells."""
+    cdf, m = 0.0, 0
+    while True:
+        cdf += math.comb(n, m) * alpha**m * (1 - alpha) ** (n - m)
+        if cdf >= 1 - delta / cells:
+            return max(0, k - m) / n
+        m += 1
+
+
+def test_alpha_aware_bound_holds_in_the_worst_case():
+    """Every issued certificate wrong, each issued with the largest allowed probability α, 450 images per
+    σ and 3 σs: the bound at the best σ may claim a correct certificate (a positive bound) in at most δ of
+    the runs. The bound from Binomial(k, α) over the k certified claimed one in about 36% at one σ."""
+    from benchbench.results.report import alpha_aware_lower
+
+    rng = np.random.default_rng(0)
+    n, alpha, delta, trials = 450, 0.001, 0.05, 4000
+    issued = rng.binomial(n, alpha, size=(trials, 3))  # per run and σ: wrong certificates, all of them
+    claims = 0
+    for ks in issued:
+        best = int(np.argmax(ks))  # the σ the report shows: the most certified
+        claims += alpha_aware_lower(ks.tolist(), [n] * 3, alpha, delta)[best] > 0
+    # 4000 runs: a true rate of 5% gives at most 6.1% with probability > 99.9%.
+    assert claims / trials <= delta + 3 * math.sqrt(delta * (1 - delta) / trials)
+
+
+def test_alpha_aware_column_counts_every_image_of_the_cell(tmp_path):
+    def cell(certified, sigma):
+        pa = 0.8
+        return [{"idx": i, "label": 2, "predict": 2 if i < certified else -1,
+                 "radius": round(sigma * norm.ppf(pa), 6) if i < certified else 0.0, "correct": int(i < certified),
+                 "time": 0.1, "pa_lower": pa if i < certified else 0.2, "nfe": 0, "n": 100} for i in range(450)]
+
+    run = write_run(tmp_path / "run", [{"label": "p", "name": "p", "params": {}}],
+                    {("p", 0.25): cell(5, 0.25), ("p", 0.5): cell(1, 0.5)})
+    table = write_report(run, alpha_aware=0.05)
+    # α = 0.001 (the run's): at most 2 of 450 wrong with probability ≥ 1 − 0.05/2, so 5 issued → ≥ 3 correct.
+    assert table.loc[0, "acc@0_hp"] == pytest.approx(_alpha_aware_by_hand(5, 450, 0.001, 0.05, 2)) == 3 / 450
+    assert "≥0.7" in (run / "report.md").read_text()
+
+
+def _certified_rows(count, certified, sigma, start=0):
+    pa = 0.75
+    return [{"idx": start + i, "label": 1, "predict": 1 if i < certified else -1,
+             "radius": round(sigma * norm.ppf(pa), 6) if i < certified else 0.0, "correct": int(i < certified),
+             "time": 0.1, "pa_lower": pa if i < certified else 0.3, "nfe": 0, "n": 100} for i in range(count)]
+
+
+def test_partial_cells_are_each_over_their_own_images(tmp_path, capsys):
+    from benchbench.cli import main
+
+    # σ = 0.25 stopped after 10 images, all certified; σ = 0.5 has all 30, 3 certified.
+    run = write_run(tmp_path / "run", [{"label": "p", "name": "p", "params": {}}],
+                    {("p", 0.25): _certified_rows(10, 10, 0.25), ("p", 0.5): _certified_rows(30, 3, 0.5)})
+    table = write_report(run)
+    per_cell = 1 - 0.05 / 2  # Bonferroni over the two σs, each exact interval over its own images
+    low = max(beta.ppf((1 - per_cell) / 2, 10, 1), beta.ppf((1 - per_cell) / 2, 3, 28))
+    assert table.loc[0, "acc@0"] == 1.0 and table.loc[0, "acc@0_sigma"] == 0.25
+    assert table.loc[0, "acc@0_low"] == pytest.approx(low) and table.loc[0, "acc@0_high"] == 1.0
+    assert main(["report", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert "100.0 (σ=0.25) [" in out and ", 100.0]" in out and "10–30/30" in out
+    assert len(err.strip().splitlines()) == 1 and "partial run" in err
+
+
+def test_planned_cells_without_rows_show_as_missing(tmp_path, capsys):
+    from benchbench.cli import main
+
+    specs = [{"label": "a", "name": "a", "params": {}}, {"label": "b", "name": "b", "params": {}}]
+    run = write_run(tmp_path / "run", specs, {("a", 0.25): _certified_rows(12, 9, 0.25)})
+    config = json.loads((run / "config.json").read_text())
+    # Planned but never reached (Ctrl-C): a at σ = 0.5, b at both σs. Their files were never written.
+    config["experiment"]["sigmas"] = [0.25, 0.5]
+    config["files"] += [{"purifier": lab, "sigma": s, "file": f"certify_{lab}{s:g}.tsv"}
+                        for lab, s in (("a", 0.5), ("b", 0.25), ("b", 0.5))]
+    (run / "config.json").write_text(json.dumps(config))
+    table = write_report(run).set_index("purifier")
+    assert list(table.index) == ["a", "b"]
+    assert table.loc["a", "images_min"] == 0 and table.loc["a", "missing"] == "0.5"
+    assert table.loc["b", "images"] == 0 and math.isnan(table.loc["b", "acc@0"])
+    # a's interval is corrected for both planned σs, not only the one with rows.
+    assert (table.loc["a", "acc@0_low"], table.loc["a", "acc@0_high"]) == \
+        pytest.approx(binomial_interval(9, 12, 1 - 0.05 / 2))
+    assert main(["report", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1
+    assert "a 0–12 of 12, no rows at σ=0.5" in err and "b no rows at all" in err
+    assert "over 12 images" not in out and "| b " in out

@@ -12,7 +12,7 @@ import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,31 +39,52 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float
     return float(ci.low), float(ci.high)
 
 
-def selection_interval(ks: Sequence[int], n: int, level: float = 0.95) -> tuple[float, float]:
+def selection_interval(ks: Sequence[int], n: int | Sequence[int], level: float = 0.95,
+                       cells: int | None = None) -> tuple[float, float]:
     """An interval for max_σ p_σ, the best-over-σ accuracy, that stays valid although σ is chosen after
-    seeing the data: exact Clopper–Pearson intervals [L_σ, U_σ] for each of the m = len(ks) cells at level
-    1 − (1 − level)/m (Bonferroni), reported as [max L_σ, max U_σ].
+    seeing the data: exact Clopper–Pearson intervals [L_σ, U_σ] for each cell, each over its own image
+    count, at level 1 − (1 − level)/m (Bonferroni over m = ``cells`` σs, default len(ks); pass the planned
+    number when some cells have no rows), reported as [max L_σ, max U_σ].
 
     With probability ≥ ``level`` every p_σ lies in its interval at once, and then max_σ p_σ lies in
-    [max L_σ, max U_σ]. ``ks``: certified counts per σ, each out of ``n`` images.
+    [max L_σ, max U_σ]. ``ks``: certified counts per σ; ``n``: images per σ (one number when equal).
     """
     if len(ks) == 0:
         raise InvalidArgument("selection_interval needs at least one cell")
-    per_cell = 1 - (1 - level) / len(ks)
-    bounds = [binomial_interval(int(k), n, per_cell) for k in ks]
+    ns = [n] * len(ks) if isinstance(n, (int, np.integer)) else list(n)
+    if len(ns) != len(ks):
+        raise InvalidArgument(f"selection_interval needs one image count per cell, got {len(ns)} for {len(ks)}")
+    per_cell = 1 - (1 - level) / max(len(ks), cells or 0)
+    bounds = [binomial_interval(int(k), int(m), per_cell) for k, m in zip(ks, ns)]
     return max(b[0] for b in bounds), max(b[1] for b in bounds)
 
 
-def false_certificate_bound(k: int, alpha: float, delta: float = 0.05) -> int:
-    """m such that, with probability ≥ 1 − δ, at most m of ``k`` certificates are wrong.
+def false_certificate_bound(images: int, alpha: float, delta: float = 0.05) -> int:
+    """m such that, with probability ≥ 1 − δ, at most m of the certificates issued to ``images`` images
+    are wrong.
 
-    Each certificate CERTIFY returns is wrong with probability ≤ α, independently across images (Cohen et
-    al. 2019), so the number of wrong ones is stochastically at most Binomial(k, α); m is that
-    distribution's (1 − δ) quantile: the smallest m with P(Binomial(k, α) ≤ m) ≥ 1 − δ.
+    CERTIFY issues a wrong certificate for an image with probability ≤ α, whether or not it abstains, and
+    independently across images (Cohen et al. 2019), so the number of wrong certificates among N images is
+    stochastically at most Binomial(N, α) — over all N images, not over the k certified ones: k itself
+    depends on which certificates are wrong. m is that distribution's (1 − δ) quantile: the smallest m
+    with P(Binomial(N, α) ≤ m) ≥ 1 − δ.
     """
-    if k == 0:
+    if images == 0:
         return 0
-    return int(binom.ppf(1 - delta, k, alpha))
+    return int(binom.ppf(1 - delta, images, alpha))
+
+
+def alpha_aware_lower(ks: Sequence[int], ns: Sequence[int], alpha: float, delta: float = 0.05,
+                      cells: int | None = None) -> list[float]:
+    """Per cell (σ), a lower bound on the fraction of its ``ns[i]`` images that hold a *correct*
+    certificate, given ``ks[i]`` issued (certified) ones: (k − m)/N, at least 0, with m from
+    :func:`false_certificate_bound` at δ/m_σ for m_σ = ``cells`` σs (Bonferroni; default len(ks)).
+
+    With probability ≥ 1 − δ the bounds hold for every cell at once, so also for a σ chosen after seeing
+    the data, and at every radius (a correct certificate stays correct at every smaller radius).
+    """
+    share = delta / max(len(ks), cells or 0)
+    return [max(0, int(k) - false_certificate_bound(int(n), alpha, share)) / int(n) for k, n in zip(ks, ns)]
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
@@ -104,18 +125,25 @@ def per_sigma(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFram
 
 def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.DataFrame | None = None,
                 level: float = 0.95, expected_images: int | None = None, alpha_aware: float | None = None,
-                alpha: float | None = None) -> pd.DataFrame:
+                alpha: float | Mapping[str, float | None] | None = None,
+                planned: Sequence[tuple[str, float]] | None = None) -> pd.DataFrame:
     """One row per purifier configuration, in run order, with best-over-σ numbers.
 
-    For each radius r: ``acc@r`` (certified accuracy, a fraction, at the σ that maximises it; ties go to
-    the smallest σ), ``acc@r_sigma`` (that σ) and ``acc@r_low``/``acc@r_high``: an interval for the best
-    σ's accuracy that is valid under that selection (:func:`selection_interval`: per-σ exact intervals at
-    level 1 − (1 − ``level``)/|Σ|, reported as [max L, max U]; with one σ, the plain exact interval).
-    With ``alpha_aware`` = δ, also ``acc@r_hp``: Cohen et al.'s certificates are each wrong with
-    probability ≤ α, so with probability ≥ 1 − δ the best cell's accuracy is at least (k − m)/n with m
-    from :func:`false_certificate_bound` and the run's ``alpha``. ``acr`` is the best-over-σ average certified radius
-    and ``acr_sigma`` its σ. ``nfe`` (network calls per noisy sample) and ``sec_per_image`` are means over
-    all of the configuration's rows, every σ: the cost of the configuration, whatever σ is deployed.
+    ``planned``: every (purifier, σ) cell of the run (config.json's files); a cell with no rows is shown as
+    missing (``missing``: its σs) rather than taken for never planned, a configuration with no rows at all
+    still gets a row (NaN numbers), and the Bonferroni corrections below count every planned σ.
+
+    For each radius r: ``acc@r`` (certified accuracy, a fraction of the cell's own images, at the σ that
+    maximises it; ties go to the smallest σ), ``acc@r_sigma`` (that σ) and ``acc@r_low``/``acc@r_high``:
+    an interval for the best σ's accuracy that is valid under that selection (:func:`selection_interval`:
+    per-σ exact intervals, each over that cell's image count, at level 1 − (1 − ``level``)/|Σ|, reported
+    as [max L, max U]; with one σ, the plain exact interval).
+    With ``alpha_aware`` = δ, also ``acc@r_hp``: with probability ≥ 1 − δ at least that fraction of the
+    best cell's images hold a correct certificate (:func:`alpha_aware_lower` over the configuration's
+    σs, with ``alpha``: the run's α, or one per label; NaN where it is None). ``acr`` is the best-over-σ
+    average certified radius and ``acr_sigma`` its σ. ``nfe`` (network calls per noisy sample) and
+    ``sec_per_image`` are means over all of the configuration's rows, every σ: the cost of the
+    configuration, whatever σ is deployed.
 
     ``pareto`` marks the front of (``sec_per_image`` lower is better, ``acr`` higher is better): seconds
     rather than NFE because NFE ignores what a call costs (a 1-call purifier with a huge network is not
@@ -125,50 +153,78 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
 
     ``quality`` (the :mod:`benchbench.results.quality` table) adds, per σ, ``mse@σ=s``, ``distance@σ=s`` (when
     measured) and ``label_kept@σ=s``. ``images`` and ``images_min`` are the largest and smallest number
-    of images in the configuration's σ cells; ``images_expected`` is the run's image count (when given):
-    a partial run shows them (see :func:`coverage_warning`). Raises BenchError when ``rows`` is empty.
+    of images in the configuration's σ cells (0 for a missing cell); ``images_expected`` is the run's
+    image count (when given): a partial run shows them (see :func:`coverage_warning`). Raises BenchError
+    when ``rows`` is empty.
     """
     if rows.empty:
         raise BenchError("the run has no rows yet; nothing to report")
     if alpha_aware is not None and (alpha is None or not 0 < alpha_aware < 1):
         raise InvalidArgument(f"alpha-aware accuracy needs the run's α and 0 < δ < 1, got δ={alpha_aware}")
     cells = per_sigma(rows, radii)
+    planned = list(planned or [])
+    labels = list(dict.fromkeys([lab for lab, _ in planned] + _run_order(rows)))
     table = []
-    for label in _run_order(rows):
+    for label in labels:
         mine = cells[cells["purifier"] == label].sort_values("sigma", kind="stable")
-        rec: dict[str, object] = {"purifier": label, "images": int(mine["images"].max()),
-                                  "images_min": int(mine["images"].min()),
-                                  "images_expected": int(expected_images or mine["images"].max())}
+        present = [float(x) for x in mine["sigma"]]
+        missing = sorted({float(sg) for lab, sg in planned if lab == label} - set(present))
+        m = len(present) + len(missing)  # every planned σ: selection could have gone to any of them
+        most = int(mine["images"].max()) if len(mine) else 0
+        rec: dict[str, object] = {"purifier": label, "images": most,
+                                  "images_min": 0 if missing or mine.empty else int(mine["images"].min()),
+                                  "images_expected": int(expected_images or most),
+                                  "missing": ",".join(f"{x:g}" for x in missing)}
+        cell_alpha = alpha.get(label) if isinstance(alpha, Mapping) else alpha
         for r in radii:
-            best = mine.loc[mine[f"acc@{r:g}"].idxmax()]  # idxmax takes the first maximum: the smallest σ
-            rec[f"acc@{r:g}"] = float(best[f"acc@{r:g}"])
-            rec[f"acc@{r:g}_sigma"] = float(best["sigma"])
-            # Cells of one purifier share its images, so n is one number (the run's image count).
-            low, high = selection_interval(mine[f"certified@{r:g}"].tolist(), int(mine["images"].max()), level)
-            rec[f"acc@{r:g}_low"], rec[f"acc@{r:g}_high"] = low, high
+            key = f"acc@{r:g}"
+            if mine.empty:
+                rec.update({key: math.nan, f"{key}_sigma": math.nan, f"{key}_low": math.nan,
+                            f"{key}_high": math.nan})
+                if alpha_aware is not None:
+                    rec[f"{key}_hp"] = math.nan
+                continue
+            pos = int(np.argmax(mine[key].to_numpy()))  # the first maximum: the smallest σ
+            best = mine.iloc[pos]
+            rec[key] = float(best[key])
+            rec[f"{key}_sigma"] = float(best["sigma"])
+            ks, ns = mine[f"certified@{r:g}"].tolist(), mine["images"].tolist()
+            rec[f"{key}_low"], rec[f"{key}_high"] = selection_interval(ks, ns, level, cells=m)
             if alpha_aware is not None:
-                k, n = int(best[f"certified@{r:g}"]), int(best["images"])
-                rec[f"acc@{r:g}_hp"] = (k - false_certificate_bound(k, alpha, alpha_aware)) / n
-        best = mine.loc[mine["acr"].idxmax()]
-        rec["acr"], rec["acr_sigma"] = float(best["acr"]), float(best["sigma"])
+                rec[f"{key}_hp"] = (math.nan if cell_alpha is None else
+                                    alpha_aware_lower(ks, ns, cell_alpha, alpha_aware, cells=m)[pos])
         g = rows[rows["purifier"] == label]
-        rec["nfe"] = float(g["nfe"].mean())
-        rec["sec_per_image"] = float(g["time"].mean())
+        if mine.empty:
+            rec.update(acr=math.nan, acr_sigma=math.nan, nfe=math.nan, sec_per_image=math.nan)
+        else:
+            best = mine.iloc[int(np.argmax(mine["acr"].to_numpy()))]
+            rec["acr"], rec["acr_sigma"] = float(best["acr"]), float(best["sigma"])
+            rec["nfe"] = float(g["nfe"].mean())
+            rec["sec_per_image"] = float(g["time"].mean())
         table.append(rec)
     out = pd.DataFrame(table)
     out["pareto"] = pareto_front(out, "sec_per_image", "acr")
     if quality is not None and not quality.empty:
         out = out.merge(_quality_wide(quality), on="purifier", how="left")
+    if alpha_aware is not None:
+        out.attrs["alpha_aware"] = alpha_aware  # the legend states the level
     return out
 
 
 def coverage_warning(table: pd.DataFrame, sigmas: int | None = None) -> str | None:
     """None when every cell of the table covers the run's images; otherwise one sentence saying which
-    purifiers are partial and over how many images their cells are."""
+    purifiers are partial, over how many images their cells are, and which planned cells have no rows."""
     short = table[(table["images_min"] < table["images_expected"]) | (table["images"] < table["images_expected"])]
     if short.empty:
         return None
-    parts = [f"{r.purifier} {_range(r.images_min, r.images)} of {r.images_expected}" for r in short.itertuples()]
+    parts = []
+    for r in short.itertuples():
+        missing = getattr(r, "missing", "")
+        if r.images == 0:
+            parts.append(f"{r.purifier} no rows at all")
+            continue
+        parts.append(f"{r.purifier} {_range(r.images_min, r.images)} of {r.images_expected}"
+                     + (f", no rows at σ={missing.replace(',', ', ')}" if missing else ""))
     return ("partial run: cells cover fewer images than the run has (" + "; ".join(parts) +
             "); each cell's accuracy and interval are over its own images")
 
@@ -209,19 +265,28 @@ def _display(table: pd.DataFrame, radii: Sequence[float], latex: bool) -> pd.Dat
         col = f"r={r:g}"
         cells = []
         for _, row in table.iterrows():
+            if not math.isfinite(row[key]):  # a configuration with no rows: nothing to show
+                cells.append("–")
+                continue
             interval = f"[{_pct(row[key + '_low'])}, {_pct(row[key + '_high'])}]"
-            hp = f" ≥{_pct(row[key + '_hp'])}" if key + "_hp" in row.index else ""
+            hp = ""
+            if key + "_hp" in row.index:
+                hp = f" ≥{_pct(row[key + '_hp'])}" if math.isfinite(row[key + "_hp"]) else " ≥–"
             if latex:
                 hp = hp.replace("≥", r"$\geq$")
                 cells.append(rf"{_pct(row[key])} {{\scriptsize ({sig}{row[key + '_sigma']:g}) {interval}{hp}}}")
             else:
                 cells.append(f"{_pct(row[key])} ({sig}{row[key + '_sigma']:g}) {interval}{hp}")
         shown[col] = cells
+    # Every row states its image count; a partial run shows each configuration's range of the run's count.
     if coverage_warning(table) is not None:
         shown["images"] = [f"{_range(lo, hi)}/{n}" for lo, hi, n in
                            zip(table["images_min"], table["images"], table["images_expected"])]
-    shown["ACR"] = [f"{a:.3f} ({sig}{s:g})" for a, s in zip(table["acr"], table["acr_sigma"])]
-    shown["NFE"] = [f"{v:.3g}" for v in table["nfe"]]
+    else:
+        shown["images"] = [str(n) for n in table["images"]]
+    shown["ACR"] = [f"{a:.3f} ({sig}{s:g})" if math.isfinite(a) else "–"
+                    for a, s in zip(table["acr"], table["acr_sigma"])]
+    shown["NFE"] = [f"{v:.3g}" if math.isfinite(v) else "–" for v in table["nfe"]]
     shown["s/image"] = [_seconds(v) for v in table["sec_per_image"]]
     return shown
 
@@ -235,11 +300,14 @@ def _legend(table: pd.DataFrame, latex: bool) -> str:
     else:
         sigma, ell, pct, dagger, geq = "σ", "ℓ2", "%", PARETO_MARK, "≥"
     hp = any(c.endswith("_hp") for c in table.columns)
+    delta = float(table.attrs.get("alpha_aware", 0.05))
     return (f"Certified accuracy ({pct}) at {ell} radius r {images}, best over {sigma} (the {sigma} "
             f"that gave it), with a 95{pct} interval valid although {sigma} was chosen on the same data (exact "
             f"Clopper–Pearson per {sigma} at level 1 − 0.05/|{sigma}s|, reported as [max lower, max upper])"
-            + (f"; {geq}x = Cohen et al.'s α-aware bound: with probability ≥ 95{pct} at least x{pct} of the "
-               f"images hold a correct certificate (each certificate is wrong with probability ≤ α)" if hp else "")
+            + (f"; {geq}x = α-aware bound: with probability ≥ {100 * (1 - delta):g}{pct}, at every radius and "
+               f"σ at once, at least x{pct} of the cell's images hold a correct certificate (at most m of its N "
+               f"images get a wrong one, m the 1 − {delta:g}/|{sigma}s| quantile of Binomial(N, α); "
+               f"– where α is unknown)" if hp else "")
             + f"; ACR = average certified radius, best over {sigma}; NFE = network calls per noisy sample; s/image "
             f"= certification seconds per image. {dagger} = Pareto-optimal in (s/image, ACR).")
 
@@ -432,10 +500,17 @@ def write_report(run_dir: Path | str, radii: Sequence[float] = RADII,
     run_dir = Path(run_dir)
     rows = load_run_rows(run_dir)
     quality = pd.read_csv(run_dir / QUALITY_FILE) if (run_dir / QUALITY_FILE).is_file() else None
-    experiment = read_config(run_dir)["experiment"]
+    config = read_config(run_dir)
+    experiment = config["experiment"]
     expected = len(experiment.get("image_indices") or []) or None
+    # Imported rows were certified elsewhere, at the α their import recorded (None: unknown).
+    alphas = {f["purifier"]: (f["imported"].get("alpha") if isinstance(f.get("imported"), dict)
+                              else experiment.get("alpha")) for f in config["files"]}
+    if alpha_aware is not None and all(a is None for a in alphas.values()):
+        raise InvalidArgument("--alpha-aware needs the α the certificates were issued at, and this run records "
+                              "none (import with --alpha)")
     table = paper_table(rows, radii, quality=quality, expected_images=expected, alpha_aware=alpha_aware,
-                        alpha=experiment.get("alpha"))
+                        alpha=alphas, planned=[(f["purifier"], float(f["sigma"])) for f in config["files"]])
     write_atomic(run_dir / "report.csv", table.to_csv(index=False))
     write_atomic(run_dir / "report.md", format_markdown(table, radii) + "\n")
     write_atomic(run_dir / "report.tex", format_latex(table, radii))

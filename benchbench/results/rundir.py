@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+from scipy.stats import norm
 
 from benchbench.errors import InvalidArgument, RunConflict
 
@@ -55,9 +56,20 @@ def write_atomic(path: Path, text: str) -> None:
             tmp.unlink()
 
 
-def _short(value: Any, width: int = 60) -> str:
+def _short(value: Any, width: int = 60, other: Any = None) -> str:
+    """``value`` as JSON, at most ``width`` characters; cut around where it first differs from ``other``,
+    so that two long values that differ near their end do not print the same prefix."""
     text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if len(text) <= width:
+        return text
+    start = 0
+    if other is not None:
+        theirs = json.dumps(other)
+        start = next((i for i, (a, b) in enumerate(zip(text, theirs)) if a != b), min(len(text), len(theirs)))
+        start = max(0, min(start - width // 3, len(text) - (width - 2)))
+    head = "…" if start else ""
+    body = text[start: start + width - 1 - len(head)]
+    return head + body + ("…" if start + len(body) < len(text) else "")
 
 
 def _diff(old: Any, new: Any, path: str = "") -> list[str]:
@@ -66,7 +78,54 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
         for key in sorted(set(old) | set(new)):
             out += _diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
         return out
-    return [] if old == new else [f"{path}: {_short(old)} -> {_short(new)}"]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for k, (a, b) in enumerate(zip(old, new)) for d in _diff(a, b, f"{path}[{k}]")]
+    return [] if old == new else [f"{path}: {_short(old, other=new)} -> {_short(new, other=old)}"]
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name a run directory may list: a plain ``*.tsv`` name inside it (no directory part, not
+    absolute, not hidden), so that reading or merging a run never touches a file outside it."""
+    return (isinstance(name, str) and name.endswith(".tsv") and not name.startswith(".")
+            and "/" not in name and "\\" not in name and "\0" not in name and Path(name).name == name)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """The fields of ``config.json`` that rows are checked against, and every listed file name; an
+    InvalidArgument naming ``config.json`` for the first that is wrong (not a row blamed for it)."""
+    exp = config["experiment"]
+    problems = []
+    for key in ("n0", "n"):
+        if exp.get(key) is not None and not _count(exp[key]):
+            problems.append(f"experiment {key} {exp[key]!r} is not a sample count")
+    if exp.get("alpha") is not None and not (_number(exp["alpha"]) and 0 < exp["alpha"] < 1):
+        problems.append(f"experiment alpha {exp['alpha']!r} is not a probability")
+    if exp.get("num_classes") is not None and not _count(exp["num_classes"]):
+        problems.append(f"experiment num_classes {exp['num_classes']!r} is not a class count")
+    indices = exp.get("image_indices")
+    if indices is not None and not (isinstance(indices, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices)):
+        problems.append("experiment image_indices is not a list of image indices")
+    names = [f["file"] for f in config["files"]]
+    for f in config["files"]:
+        if not _plain_name(f["file"]):
+            problems.append(f"file {f['file']!r} is not a plain .tsv name inside the run directory")
+        elif names.count(f["file"]) > 1:
+            problems.append(f"file {f['file']!r} is listed twice")
+        if not (_number(f["sigma"]) and f["sigma"] > 0):
+            problems.append(f"sigma {f['sigma']!r} of {f['file']!r} is not a noise level")
+        if not isinstance(f["purifier"], str) or any(ch in f["purifier"] for ch in "\t\n\r"):
+            problems.append(f"purifier {f['purifier']!r} is not a label")
+    if problems:
+        raise InvalidArgument(f"{path}: {problems[0]}; it was not written by this benchbench or was edited")
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -85,6 +144,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
             and isinstance(config.get("files"), list)
             and all(isinstance(f, dict) and {"purifier", "sigma", "file"} <= set(f) for f in config["files"])):
         raise InvalidArgument(f"{path} is not a benchbench run config (no experiment and files entries)")
+    _check_config(path, config)
     return config
 
 
@@ -159,9 +219,9 @@ def _parse_row(fields: list[str], header: tuple[str, ...], imported: bool = Fals
 
 
 def _check_row(row: dict[str, Any], entry: dict[str, Any], experiment: dict[str, Any], seen: set[int]) -> None:
-    imported = "imported" in entry  # published rows: their own images and n, some fields unknown (NaN)
+    imported = "imported" in entry  # published rows: their own n, some fields unknown (NaN)
     indices = experiment.get("image_indices")
-    if not imported and indices is not None and row["idx"] not in indices:
+    if indices is not None and row["idx"] not in indices:
         raise ValueError(f"image {row['idx']} is not one of the run's images")
     if row["idx"] in seen:
         raise ValueError(f"image {row['idx']} appears twice")
@@ -176,6 +236,10 @@ def _check_row(row: dict[str, Any], entry: dict[str, Any], experiment: dict[str,
         raise ValueError(f"radius {row['radius']} is negative or given to an abstention")
     if not (0 <= row["pa_lower"] <= 1 or (imported and math.isnan(row["pa_lower"]))):
         raise ValueError(f"pa_lower {row['pa_lower']} is not a probability")
+    if row["predict"] >= 0:
+        record = entry.get("imported")
+        alpha = record.get("alpha") if isinstance(record, dict) else None
+        _check_radius(row, float(entry["sigma"]), alpha if imported else experiment.get("alpha"), imported)
     for col in ("time", "nfe"):
         if row[col] < 0:
             raise ValueError(f"{col} {row[col]} is negative")
@@ -190,6 +254,43 @@ def _check_row(row: dict[str, Any], entry: dict[str, Any], experiment: dict[str,
         raise ValueError(f"sigma {row['sigma']!r} belongs in another file (this one is σ={entry['sigma']!r})")
 
 
+# Written to 6 significant digits: a pa_lower in [0.5, 1] is off by at most this, a radius by this fraction.
+_PA_ROUNDING, _RADIUS_ROUNDING = 1e-6, 1e-5
+# The largest z with Φ(z) < 1 in double precision: no finite sample supports a larger radius/σ; the cap for
+# imported rows, whose n or α is unknown.
+_Z_CAP = float(norm.isf(2.0**-53))
+
+
+def radius_limit(sigma: float, n: float, alpha: float | None) -> float:
+    """The largest radius a certificate from ``n`` noisy samples at failure probability ``alpha`` can give:
+    σ·Φ⁻¹(α^(1/n)). Any valid one-sided (1 − α) lower bound on a probability from n Bernoulli samples is at
+    most α^(1/n) (at p just below it, all n samples succeed with probability above α), whatever the
+    stopping rule. With n or α unknown (NaN or None), σ times the largest z with Φ(z) < 1."""
+    if alpha is None or not (n >= 1):  # NaN n fails the comparison
+        return sigma * _Z_CAP
+    return sigma * min(float(norm.ppf(alpha ** (1.0 / n))), _Z_CAP)
+
+
+def _check_radius(row: dict[str, Any], sigma: float, alpha: float | None, imported: bool) -> None:
+    """A certified row's radius is σ·Φ⁻¹(pa_lower) (Cohen et al.'s Theorem 1), with pa_lower ≥ ½, and no
+    larger than its n and α allow; imported rows carry a pa_lower recovered from the radius and maybe no n."""
+    radius, pa = row["radius"], row["pa_lower"]
+    limit = radius_limit(sigma, row["n"], alpha)
+    if radius > limit * (1 + _RADIUS_ROUNDING) + 1e-12:
+        allows = f"n = {row['n']:g} and α = {alpha:g} allow" if alpha is not None and row["n"] >= 1 else "is"
+        raise ValueError(f"radius {radius:g} at σ = {sigma:g} exceeds the largest certifiable ({limit:.4g}; "
+                         f"{allows} at most that)")
+    if imported and math.isnan(pa):
+        return
+    if pa < 0.5 - _PA_ROUNDING:
+        raise ValueError(f"pa_lower {pa:g} is below 1/2, where CERTIFY abstains, yet predict is {row['predict']}")
+    low = sigma * float(norm.ppf(max(0.5, pa - _PA_ROUNDING)))
+    high = sigma * float(norm.ppf(min(1.0, pa + _PA_ROUNDING)))
+    if not low * (1 - _RADIUS_ROUNDING) - 1e-12 <= radius <= high * (1 + _RADIUS_ROUNDING) + 1e-12:
+        raise ValueError(f"radius {radius:g} is not σ·Φ⁻¹(pa_lower) = {sigma * float(norm.ppf(pa)):.6g} "
+                         f"(σ = {sigma:g}, pa_lower = {pa:g})")
+
+
 def read_tsv(path: Path, entry: dict[str, Any], experiment: dict[str, Any], *,
              allow_partial_last: bool = True) -> TsvContent:
     """Read and check every row of one TSV of a run; a missing file has no rows.
@@ -200,6 +301,8 @@ def read_tsv(path: Path, entry: dict[str, Any], experiment: dict[str, Any], *,
     when ``allow_partial_last``, an error otherwise.
     """
     path = Path(path)
+    if path.is_symlink():  # it would read (and RowWriter append to) a file outside the run directory
+        raise InvalidArgument(f"{path} is a symbolic link; a run's rows must be plain files inside it")
     if not path.exists():
         return TsvContent(pd.DataFrame(columns=list(COLUMNS)), 0)
     try:
@@ -235,6 +338,21 @@ def read_tsv(path: Path, entry: dict[str, Any], experiment: dict[str, Any], *,
     if header == LEGACY_COLUMNS:
         df = df.assign(purifier=entry["purifier"], sigma=float(entry["sigma"]))
     return TsvContent(df, complete)
+
+
+def check_rows(rows: pd.DataFrame, entry: dict[str, Any], experiment: dict[str, Any]) -> None:
+    """Make, writing nothing, every check :func:`read_tsv` will make on ``rows`` once written to the file
+    of ``entry`` (each row formatted as :class:`RowWriter` writes it, then parsed back): a ValueError naming
+    the first bad row (``row 2`` is the first, as the file's line numbers go) otherwise."""
+    seen: set[int] = set()
+    for number, row in enumerate(rows.to_dict("records"), start=2):
+        full = {**row, "purifier": entry["purifier"], "sigma": float(entry["sigma"])}
+        try:
+            parsed = _parse_row([_field(col, full[col]) for col in COLUMNS], COLUMNS, imported="imported" in entry)
+            _check_row(parsed, entry, experiment, seen)
+        except ValueError as exc:
+            raise ValueError(f"row {number} (idx {row['idx']}): {exc}") from None
+        seen.add(parsed["idx"])
 
 
 class RowWriter:
@@ -373,6 +491,21 @@ def merge_runs(out: Path, run_dirs: list[Path]) -> dict[str, Any]:
             lines.append("\t".join(_field(col, row[col]) for col in COLUMNS))
         write_atomic(out / entry["file"], "\n".join(lines) + "\n")
     return config
+
+
+def missing_shards(config: dict[str, Any]) -> str | None:
+    """For a merged config (:func:`merge_runs`): None when its sources are every shard K/N of one N (or
+    not shards at all); otherwise a sentence naming the shards that are not there."""
+    found: dict[int, set[int]] = {}
+    for source in config.get("environment", {}).get("merged_from", []):
+        m = re.fullmatch(r"(\d+)/(\d+)", str(source.get("shard", "")))
+        if m:
+            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    missing = [f"{k}/{n}" for n, ks in sorted(found.items()) for k in range(1, n + 1) if k not in ks]
+    if not missing:
+        return None
+    return (f"shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} not among the merged directories: "
+            "the merged run is partial (bench merge again with every shard to complete it)")
 
 
 def _field(col: str, value: Any) -> str:
