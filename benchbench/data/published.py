@@ -109,17 +109,49 @@ def _wnid_order(path: Path) -> np.ndarray:
     return np.array([rank[ids[i]] for i in range(1000)], dtype=np.int64)
 
 
+# meta["label_order"] values. Every ImageNet model benchbench loads (torchvision, timm and transformers
+# classifiers; openai's class-conditional diffusion and consistency models) numbers classes by sorted wnid.
+SORTED_WNID_ORDER = "sorted wnid (torchvision/timm/transformers)"
+DEVKIT_ORDER = "devkit (file order)"
+DEVKIT_DECLARED = "devkit (declared with labels=devkit)"
+
+
+def _imagenet64_order(arg: str | None) -> bool:
+    """True when ``imagenet64:labels=devkit`` declares that the run's models number classes in the devkit's
+    order (e.g. a classifier trained on the Imagenet64 npz files themselves)."""
+    if arg is None:
+        return False
+    if arg != "labels=devkit":
+        raise InvalidArgument(f"imagenet64 takes one option, labels=devkit (got {arg!r})")
+    return True
+
+
+def devkit_order_refusal(dataset: ImageDataset) -> str | None:
+    """The one-line refusal for a run whose ImageNet classifier or class-conditional model would be scored
+    against devkit-order labels (``imagenet64`` without ``map_clsloc.txt``): every label would be wrong,
+    silently. None when the labels are in sorted-wnid order or the devkit order was declared."""
+    if dataset.meta.get("label_order") != DEVKIT_ORDER:
+        return None
+    where = Path(dataset.meta.get("source", IMAGENET64_FILE)).parent
+    return (f"{dataset.name}: labels are in the ILSVRC devkit order of {IMAGENET64_FILE}, but ImageNet classifiers "
+            f"and class-conditional models number classes by sorted wnid, so every label would be wrong: put the "
+            f"devkit's {CLASS_MAP_FILE} in {where} (or --data-dir), or pass --dataset imagenet64:labels=devkit if "
+            f"your classifier and models were trained in devkit order")
+
+
 @register_dataset("imagenet64", default_consistency=IMAGENET64_CONSISTENCY)
-def load_imagenet64(split: str, data_dir: str = "data") -> ImageDataset:
+def load_imagenet64(split: str, data_dir: str = "data", arg: str | None = None) -> ImageDataset:
     """The official downsampled ImageNet 64×64 validation set (Chrabaszcz et al. 2017) as the ``test``
     split: ``data_dir/Imagenet64_val_npz/val_data.npz`` with ``data`` (N, 12288) uint8, each row the R, G
     and B planes of a 64×64 image in turn, and ``labels`` 1…1000.
 
     Labels become 0-based in the file's class order (the ILSVRC devkit's); when ``map_clsloc.txt`` lies
     beside the npz (or in ``data_dir``) they are mapped to sorted-wnid order, the order of torchvision,
-    timm and transformers ImageNet classifiers. ``meta.label_order`` records which. Only the validation
-    set is read: ``train`` and ``val`` are errors.
+    timm and transformers ImageNet classifiers. ``meta.label_order`` records which; a run refuses devkit
+    order (:func:`devkit_order_refusal`) unless ``arg`` is ``labels=devkit``. Only the validation set is
+    read: ``train`` and ``val`` are errors.
     """
+    declared = _imagenet64_order(arg)
     if split != "test":
         raise InvalidArgument(f"imagenet64 holds only the 50,000 validation images (the test split); no {split!r} "
                               f"split (train on the full Imagenet64_train files elsewhere)")
@@ -136,10 +168,10 @@ def load_imagenet64(split: str, data_dir: str = "data") -> ImageDataset:
     if raw.min() < 1 or raw.max() > 1000:
         raise BenchError(f"imagenet64: labels in {path} must be 1…1000 (got {raw.min()}…{raw.max()})")
     labels = raw.astype(np.int64) - 1
-    order = "devkit (file order)"
-    for mapping in (path.parent / CLASS_MAP_FILE, root / CLASS_MAP_FILE):
+    order = DEVKIT_DECLARED if declared else DEVKIT_ORDER
+    for mapping in () if declared else (path.parent / CLASS_MAP_FILE, root / CLASS_MAP_FILE):
         if mapping.is_file():
-            labels, order = _wnid_order(mapping)[labels], "sorted wnid (torchvision/timm/transformers)"
+            labels, order = _wnid_order(mapping)[labels], SORTED_WNID_ORDER
             break
     images = torch.from_numpy(data.reshape(-1, 3, 64, 64)).float().div(255)
     meta = {"source": str(path.resolve()), "label_order": order}
