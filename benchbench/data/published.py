@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from benchbench.data.dataset import ImageDataset, register_dataset
+from benchbench.data.imagenet import centre_crop, parse_options, positive_int
 from benchbench.errors import BenchError, InvalidArgument
 
 # The paper's CIFAR-10 models (see the README for what was checked about each).
@@ -178,26 +179,40 @@ def load_imagenet64(split: str, data_dir: str = "data", arg: str | None = None) 
     return ImageDataset("imagenet64", split, images, torch.from_numpy(labels), 1000, meta)
 
 
+def _imagefolder_options(arg: str) -> tuple[str, dict[str, str]]:
+    """``PATH:size=N:crop=center`` → (``PATH``, options): the trailing ``size=``, ``crop=`` and ``resize=``
+    parts are options (a PATH may itself hold ':')."""
+    parts = arg.split(":")
+    cut = len(parts)
+    while cut > 1 and parts[cut - 1].partition("=")[0] in IMAGEFOLDER_OPTIONS:
+        cut -= 1
+    return ":".join(parts[:cut]), parse_options(":".join(parts[cut:]), IMAGEFOLDER_OPTIONS, "imagefolder")
+
+
+IMAGEFOLDER_OPTIONS = ("size", "crop", "resize")
+
+
 @register_dataset("imagefolder")
 def load_imagefolder(split: str, arg: str) -> ImageDataset:
-    """``imagefolder:PATH[:size=N]``: one sub-folder per class (sorted names are classes 0, 1, …), read by
-    torchvision's ``ImageFolder``, RGB, resized to N×N (bilinear; default: the images' own size, which
-    must then be the same for all). PATH/train, PATH/val, PATH/test are the splits when they exist;
-    otherwise PATH itself is the test split.
+    """``imagefolder:PATH[:size=N][:crop=center[:resize=M]]``: one sub-folder per class (sorted names are
+    classes 0, 1, …), read by torchvision's ``ImageFolder``, RGB. ``size=N`` resizes to N×N (bilinear;
+    default: the images' own size, which must then be the same for all); with ``crop=center`` the shorter
+    side goes to M (default N) and the centre N×N is cut out instead, keeping the aspect ratio (as the
+    ``imagenet`` dataset does). PATH/train, PATH/val, PATH/test are the splits when they exist; otherwise
+    PATH itself is the test split.
     """
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    path, size = arg, None
-    head, sep, tail = arg.rpartition(":")
-    if sep and tail.startswith("size="):
-        path = head
-        try:
-            size = int(tail[5:])
-        except ValueError:
-            raise InvalidArgument(f"imagefolder: size must be an integer, got {tail!r}") from None
-        if size < 1:
-            raise InvalidArgument(f"imagefolder: size must be >= 1, got {size}")
+    path, options = _imagefolder_options(arg)
+    size = positive_int(options, "size", "imagefolder")
+    crop = options.get("crop")
+    if crop not in (None, "center"):
+        raise InvalidArgument(f"imagefolder: crop must be 'center', got {crop!r}")
+    if crop and size is None:
+        raise InvalidArgument("imagefolder: crop=center needs size=N")
+    if "resize" in options and not crop:
+        raise InvalidArgument("imagefolder: resize=M goes with crop=center (the shorter side before the crop)")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BenchError(f"imagefolder: {root} is not a directory")
@@ -206,9 +221,12 @@ def load_imagefolder(split: str, arg: str) -> ImageDataset:
     if not folder.is_dir() or (not has_splits and split != "test"):
         raise InvalidArgument(f"imagefolder: no {split!r} split in {root} (sub-folders train/val/test, or class "
                               f"folders directly for a test split only)")
-    steps = ([transforms.Resize((size, size))] if size else []) + [transforms.ToTensor()]
+    if crop:
+        transform = centre_crop(size, positive_int(options, "resize", "imagefolder", size))
+    else:
+        transform = transforms.Compose(([transforms.Resize((size, size))] if size else []) + [transforms.ToTensor()])
     try:
-        ds = ImageFolder(str(folder), transform=transforms.Compose(steps))  # its loader converts to RGB
+        ds = ImageFolder(str(folder), transform=transform)  # its loader converts to RGB
     except (FileNotFoundError, OSError) as exc:
         raise BenchError(f"imagefolder: {folder}: {exc}") from None
     items = [ds[i] for i in range(len(ds))]
@@ -217,5 +235,6 @@ def load_imagefolder(split: str, arg: str) -> ImageDataset:
         raise InvalidArgument(f"imagefolder: images in {folder} differ in size ({len(shapes)} sizes); add :size=N")
     images = torch.stack([x for x, _ in items])
     labels = torch.tensor([y for _, y in items], dtype=torch.int64)
-    meta = {"source": str(folder.resolve()), "classes": ds.classes, "size": size}
+    meta = {"source": str(folder.resolve()), "classes": ds.classes, "size": size,
+            **({"crop": crop, "resize": positive_int(options, "resize", "imagefolder", size)} if crop else {})}
     return ImageDataset(f"imagefolder:{arg}", split, images, labels, len(ds.classes), meta)
