@@ -43,8 +43,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                      help="protocol defaults; the flags below override them (default: quick). "
                           + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
-    run.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagenet64, imagefolder:PATH "
-                                       "(default: digits)")
+    run.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagenet64, "
+                                       "imagenet[:size=N][:resize=M], imagefolder:PATH (default: digits; a "
+                                       "preset may add its source's crop)")
     run.add_argument("--data-dir", help="folder holding the dataset's files (default: $BENCH_DATA_DIR or ./data)")
     run.add_argument("--download", action="store_true", help="let the dataset fetch missing files (needs network)")
     run.add_argument("--sigmas", help="comma list of noise levels σ in image scale [0,1]")

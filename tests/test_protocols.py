@@ -54,3 +54,53 @@ def test_nearest_rules_agree_wherever_no_midpoint_lies_between_them_and_unknown_
         assert same != differ, sigma
     with pytest.raises(InvalidArgument, match="nearest-log"):
         check_sigma_mode("closest")
+
+
+def _run_config(preset: str, dataset: str):
+    from benchbench.registry import parse_purifier_list
+    from benchbench.run.presets import preset_values
+    from benchbench.run.runner import RunConfig
+
+    return RunConfig(purifiers=parse_purifier_list("identity"), **preset_values(preset, dataset))
+
+
+# What each source's README (and the code it runs) does, written out here from the sources: the images are
+# those its certify.py loop keeps (`if i % skip != 0: continue` over the whole test set).
+SOURCES = {
+    # ethz-spylab/diffusion_denoised_smoothing README "Evaluation"; imagenet/certify.py's transform
+    ("dds", "cifar10"): dict(size=10_000, skip=1, n0=100, n=100_000, alpha=0.001, sigmas=(0.25, 0.5, 1.0),
+                             dataset="cifar10"),
+    ("dds", "imagenet"): dict(size=50_000, skip=50, n0=100, n=10_000, alpha=0.001, sigmas=(0.25, 0.5, 1.0),
+                              dataset="imagenet:size=224:resize=256"),
+    # locuslab/smoothing README "Scripts" and experiments.MD; code/datasets.py's transform
+    ("cohen", "cifar10"): dict(size=10_000, skip=20, n0=100, n=100_000, alpha=0.001,
+                               sigmas=(0.12, 0.25, 0.5, 1.0), dataset="cifar10"),
+    ("cohen", "imagenet"): dict(size=50_000, skip=100, n0=100, n=100_000, alpha=0.001, sigmas=(0.25, 0.5, 1.0),
+                                dataset="imagenet:size=224:resize=256"),
+    # Li et al. 2024, §5: 500 test images, every 20th of CIFAR-10 (the 1st, 21st, 41st, ...)
+    ("paper", "cifar10"): dict(size=10_000, skip=20, n0=100, n=10_000, alpha=0.001, sigmas=(0.25, 0.5, 1.0),
+                               dataset="cifar10"),
+}
+
+
+@pytest.mark.parametrize("preset, dataset", sorted(SOURCES))
+def test_presets_certify_the_images_and_protocol_of_their_source(preset, dataset):
+    source = SOURCES[(preset, dataset)]
+    config = _run_config(preset, dataset)
+    assert config.image_indices(source["size"]) == [i for i in range(source["size"]) if i % source["skip"] == 0]
+    assert (config.n0, config.n, config.alpha, config.sigmas) == tuple(source[k] for k in ("n0", "n", "alpha",
+                                                                                          "sigmas"))
+    assert config.dataset == source["dataset"]
+
+
+def test_a_preset_keeps_dataset_options_given_on_the_command_line_and_names_its_sources():
+    from benchbench.run.presets import DESCRIPTIONS, PRESETS
+
+    assert _run_config("dds", "imagenet:size=256").dataset == "imagenet:size=256"
+    assert _run_config("dds", "digits").image_indices(450) == list(range(450))
+    assert _run_config("cohen", "digits").image_indices(450) == list(range(450))
+    assert "same images as" not in " ".join(DESCRIPTIONS.values())
+    for name, source in (("dds", "diffusion_denoised_smoothing README"), ("cohen", "locuslab/smoothing README"),
+                         ("paper", "Li et al. 2024")):
+        assert source in DESCRIPTIONS[name]
+    assert set(DESCRIPTIONS) == set(PRESETS)
