@@ -121,7 +121,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="consistency: measure a distilled and a fine-tuned consistency model on the val split (the "
                     "test split is never read) and check: " + "; ".join(CRITERIA.values())
                     + ". Exit 1 when a criterion fails. sigma-modes: purification quality on val of both "
-                    "models in each sigma_mode (exact, nearest, nearest-log, topup) at σ ∈ {0.12, 0.25, 0.3, 0.5, 0.75, 1}.")
+                    "models in each sigma_mode (exact, nearest, nearest-log, topup) at "
+                    "σ ∈ {0.12, 0.25, 0.3, 0.5, 0.75, 1}.")
     evaluate.add_argument("what", choices=["consistency", "sigma-modes"])
     evaluate.add_argument("--distilled", default="digits", help="consistency model reference")
     evaluate.add_argument("--finetuned", default="digits", help="fine-tuned model reference ('none' to skip)")
