@@ -179,6 +179,9 @@ def load_imagenet64(split: str, data_dir: str = "data", arg: str | None = None) 
     return ImageDataset("imagenet64", split, images, torch.from_numpy(labels), 1000, meta)
 
 
+IMAGEFOLDER_OPTIONS = ("size", "crop", "resize")
+
+
 def _imagefolder_options(arg: str) -> tuple[str, dict[str, str]]:
     """``PATH:size=N:crop=center`` → (``PATH``, options): the trailing ``size=``, ``crop=`` and ``resize=``
     parts are options (a PATH may itself hold ':')."""
@@ -187,9 +190,6 @@ def _imagefolder_options(arg: str) -> tuple[str, dict[str, str]]:
     while cut > 1 and parts[cut - 1].partition("=")[0] in IMAGEFOLDER_OPTIONS:
         cut -= 1
     return ":".join(parts[:cut]), parse_options(":".join(parts[cut:]), IMAGEFOLDER_OPTIONS, "imagefolder")
-
-
-IMAGEFOLDER_OPTIONS = ("size", "crop", "resize")
 
 
 @register_dataset("imagefolder")
