@@ -43,8 +43,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                      help="protocol defaults; the flags below override them (default: quick). "
                           + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
-    run.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagenet64, imagefolder:PATH "
-                                       "(default: digits)")
+    run.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagenet64, "
+                                       "imagenet[:size=N][:resize=M], imagefolder:PATH (default: digits; a "
+                                       "preset may add its source's crop)")
     run.add_argument("--data-dir", help="folder holding the dataset's files (default: $BENCH_DATA_DIR or ./data)")
     run.add_argument("--download", action="store_true", help="let the dataset fetch missing files (needs network)")
     run.add_argument("--sigmas", help="comma list of noise levels σ in image scale [0,1]")
@@ -120,7 +121,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="consistency: measure a distilled and a fine-tuned consistency model on the val split (the "
                     "test split is never read) and check: " + "; ".join(CRITERIA.values())
                     + ". Exit 1 when a criterion fails. sigma-modes: purification quality on val of both "
-                    "models in each sigma_mode (exact, nearest, topup) at σ ∈ {0.12, 0.25, 0.3, 0.5, 0.75, 1}.")
+                    "models in each sigma_mode (exact, nearest, nearest-log, topup) at "
+                    "σ ∈ {0.12, 0.25, 0.3, 0.5, 0.75, 1}.")
     evaluate.add_argument("what", choices=["consistency", "sigma-modes"])
     evaluate.add_argument("--distilled", default="digits", help="consistency model reference")
     evaluate.add_argument("--finetuned", default="digits", help="fine-tuned model reference ('none' to skip)")

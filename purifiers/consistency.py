@@ -11,7 +11,7 @@ from benchbench.errors import InvalidArgument
 from benchbench.models.consistency import assumed_level, load_consistency, multistep_levels, purify
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
 from benchbench.smoothing.noise import CopyNoise
-from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
+from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE, NEAREST_RULES, check_sigma_mode
 
 CLASS_LABEL_POLICIES = ("auto", "none", "predicted")
 
@@ -111,7 +111,7 @@ class ConsistencyBase:
             warnings.warn(f"{self.kind}: at σ={sigma:g} the top-up to the grid inflates the noise by "
                           f"{100 * gap:.0f}% (2σ={2 * sigma:g} → {2 * sigma * (1 + gap):.3g}); "
                           f"sigma_mode=exact evaluates the model at 2σ itself", stacklevel=3)
-        elif self.sigma_mode == "nearest" and abs(gap) > NEAREST_WARN:
+        elif self.sigma_mode in NEAREST_RULES and abs(gap) > NEAREST_WARN:
             warnings.warn(f"{self.kind}: at σ={sigma:g} the nearest grid level is {100 * gap:+.0f}% from 2σ; "
                           f"sigma_mode=exact evaluates the model at 2σ itself", stacklevel=3)
 
@@ -123,12 +123,13 @@ class ConsistencyBase:
 
 
 class ConsistencyPurifier(ConsistencyBase):
-    """Consistency purification: one consistency-model call at noise level 2σ (`sigma_mode`: exact/nearest/topup).
+    """Consistency purification: one consistency-model call at noise level 2σ (`sigma_mode`, below).
 
     x_noisy = x + δ in [0, 1] is 2·x_noisy − 1 = x₀ + 2σ·ε in the model's [-1, 1] scale: VE noise level 2σ.
-    ``sigma_mode`` ``nearest`` (default; chosen on val) calls f at the grid level nearest to 2σ and warns
-    when that level is more than 15% away; ``exact`` calls f(x, 2σ) (c_skip, c_out, t(σ) are continuous);
-    both are deterministic; ``topup`` first adds independent noise
+    ``sigma_mode`` ``nearest`` (default; Li et al.'s rule) calls f at the grid level nearest to 2σ,
+    argmin_k |σ_k − 2σ|, and warns when that level is more than 15% away; ``nearest-log`` takes the level
+    nearest in ratio instead; ``exact`` calls f(x, 2σ) (c_skip, c_out, t(σ) are continuous);
+    all three are deterministic; ``topup`` first adds independent noise
     √(σ_k² − 4σ²)·ε' from the purifier's per-copy noise to reach the next grid level σ_k ≥ 2σ (a randomised
     function of x + δ alone, so the certificate stays valid) and warns when that inflates the noise by more
     than 10%. The output is clipped to [-1, 1] and mapped to [0, 1]. With ``steps`` > 1, multistep

@@ -44,6 +44,15 @@ def write_imagenet64(root: Path, n: int = 6, seed: int = 0, labels: list[int] | 
     return root
 
 
+def write_class_map(folder: Path, seed: int = 1) -> list[int]:
+    """``folder/map_clsloc.txt``: devkit ids 1…1000 over the wnids n00000000…n00000999 in a shuffled order.
+    Returns, per 0-based devkit id, the wnid's index in sorted order (what the mapped label must be)."""
+    order = [int(v) for v in np.random.RandomState(seed).permutation(1000)]
+    lines = [f"n{w:08d} {i + 1} name{i}" for i, w in enumerate(order)]
+    (folder / "map_clsloc.txt").write_text("\n".join(lines) + "\n")
+    return order
+
+
 def tiny_unet(size: int, out_channels: int = 3, num_class_embeds: int | None = None, seed: int = 0):
     from diffusers import UNet2DModel
 

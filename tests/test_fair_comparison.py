@@ -190,13 +190,15 @@ def test_exact_mode_calls_f_at_two_sigma_and_draws_no_noise(tiny_cm_folder):
     assert all(torch.equal(g.get_state(), s) for g, s in zip(noise.generators, states))  # nothing drawn
 
 
-def test_nearest_mode_uses_the_grid_level_closest_in_ratio(tiny_cm_folder):
+@pytest.mark.parametrize("mode, distance", [("nearest", lambda g, s: np.abs(g - 2 * s)),  # Li et al.'s rule
+                                            ("nearest-log", lambda g, s: np.abs(np.log(g) - np.log(2 * s)))])
+def test_nearest_modes_use_the_grid_level_closest_by_their_rule(tiny_cm_folder, mode, distance):
     unet = UNet2DModel.from_pretrained(tiny_cm_folder, subfolder="unet").eval()
-    purifier = _cm(tiny_cm_folder, sigma_mode="nearest")
+    purifier = _cm(tiny_cm_folder, sigma_mode=mode)
     grid = karras_grid(N)[:-1]
     x_noisy = torch.rand(3, 1, 8, 8)
-    for sigma in (0.12, 0.3, 0.75):
-        level = grid[np.argmin(np.abs(np.log(grid) - np.log(2 * sigma)))]
+    for sigma in (0.12, 0.2, 0.3, 0.75):  # at σ = 0.2 the two rules pick different levels of this grid
+        level = grid[np.argmin(distance(grid, sigma))]
         expected = (reference_f(unet, 2 * x_noisy - 1, float(level)).clamp(-1, 1) + 1) / 2
         torch.testing.assert_close(purifier(x_noisy, sigma), expected, atol=1e-5, rtol=1e-5)
         assert purifier.noise_mismatch(sigma) == pytest.approx(level / (2 * sigma) - 1)
@@ -242,7 +244,7 @@ def test_default_mode_is_within_15_percent_of_two_sigma_or_warns():
         purifier = cls()
         assert purifier.sigma_mode == DEFAULT_SIGMA_MODE
         for sigma in (0.12, 0.25, 0.3, 0.5, 0.75, 1.0):
-            nearest = grid[np.argmin(np.abs(np.log(grid) - np.log(2 * sigma)))]  # the default: nearest
+            nearest = grid[np.argmin(np.abs(grid - 2 * sigma))]  # the default: nearest, Li et al.'s rule
             gap = nearest / (2 * sigma) - 1
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

@@ -19,7 +19,7 @@ from benchbench.smoothing.noise import CopyNoise
 
 sys.path.insert(0, str(Path(__file__).parent))
 from realworld import (save_class_conditional_cm, save_cosine_learned_ddpm, save_tiny_vit,  # noqa: E402
-                       write_cifar10, write_imagenet64)
+                       write_cifar10, write_class_map, write_imagenet64)
 
 from benchbench.cli import main  # noqa: E402
 from benchbench.errors import BenchError, CheckpointError, InvalidArgument  # noqa: E402
@@ -32,7 +32,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     return {
         "cifar": write_cifar10(root / "cifar"),
-        "imagenet": write_imagenet64(root / "imagenet", n=3),
+        "imagenet": _with_class_map(write_imagenet64(root / "imagenet", n=3)),
         "ddpm32": save_cosine_learned_ddpm(root / "ddpm32"),
         "ddpm64": save_cosine_learned_ddpm(root / "ddpm64", size=64),
         "cm32": save_class_conditional_cm(root / "cm32"),
@@ -42,6 +42,11 @@ def world(tmp_path_factory):
         "vit1000": save_tiny_vit(root / "vit1000", num_labels=1000),
         "vit5": save_tiny_vit(root / "vit5", num_labels=5),
     }
+
+
+def _with_class_map(root: Path) -> Path:
+    write_class_map(root / "Imagenet64_val_npz")
+    return root
 
 
 # --- classifiers: resize and normalisation inside the wrapper ------------------------------------------------
@@ -267,7 +272,36 @@ def test_bench_run_on_imagenet64_format_data(world, tmp_path):
     assert main(["run", "--dataset", "imagenet64", "--data-dir", str(world["imagenet"]), "--classifier",
                  f"hf:{world['vit1000']}", "--purifiers", purifiers, "--out", str(out), *SMALL]) == 0
     config = check_run(out, {"ddpm": 1.0, "pfode": 2.0, "consistency": 1.0})
-    assert config["experiment"]["data"]["label_order"].startswith("devkit")
+    assert config["experiment"]["data"]["label_order"].startswith("sorted wnid")
+
+
+def test_imagenet64_in_devkit_order_is_refused_naming_map_clsloc(world, tmp_path, capsys):
+    """Without map_clsloc.txt the npz's labels are in devkit order; an ImageNet classifier numbers classes by
+    sorted wnid, so every certified label would be wrong: one line, exit 2, nothing written."""
+    data = tmp_path / "data"
+    write_imagenet64(data, n=3)
+    out = tmp_path / "run"
+    for purifiers in ("identity", f"consistency:model={world['cm64']}:class_label=predicted"):
+        capsys.readouterr()
+        assert main(["run", "--dataset", "imagenet64", "--data-dir", str(data), "--classifier",
+                     f"hf:{world['vit1000']}", "--purifiers", purifiers, "--out", str(out), *SMALL]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "map_clsloc.txt" in err and "Traceback" not in err
+        assert not out.exists()
+    # Declaring the devkit order (a classifier trained on the npz files) lifts the refusal; the map does too.
+    from benchbench.data.dataset import get_dataset
+    from benchbench.data.published import devkit_order_refusal
+
+    declared = get_dataset("imagenet64:labels=devkit", "test", data_dir=data)
+    assert devkit_order_refusal(declared) is None and declared.meta["label_order"].startswith("devkit")
+    assert devkit_order_refusal(get_dataset("imagenet64", "test", data_dir=data)) is not None
+    order = write_class_map(data / "Imagenet64_val_npz")
+    mapped = get_dataset("imagenet64", "test", data_dir=data)
+    assert devkit_order_refusal(mapped) is None
+    raw = np.load(data / "Imagenet64_val_npz" / "val_data.npz")["labels"]
+    assert mapped.labels.tolist() == [order[int(v) - 1] for v in raw]
+    with pytest.raises(InvalidArgument, match="labels=devkit"):
+        get_dataset("imagenet64:labels=wnid", "test", data_dir=data)
 
 
 @pytest.mark.parametrize("case, match", [

@@ -18,7 +18,11 @@ Built in:
   ``test``.
 * ``cifar10``: the python-pickle batches (``cifar-10-batches-py/``) read by torchvision's ``CIFAR10``.
 * ``imagenet64``: the downsampled ImageNet 64×64 validation set (``Imagenet64_val_npz``).
-* ``imagefolder:PATH[:size=N]``: one sub-folder per class, images resized to N×N.
+* ``imagenet[:size=N][:resize=M]``: the full-resolution ILSVRC2012 validation set (torchvision's
+  ``ImageNet`` layout or a class-folder tree), shorter side resized to M then centre-cropped to N×N,
+  decoded lazily.
+* ``imagefolder:PATH[:size=N][:crop=center[:resize=M]]``: one sub-folder per class, images resized to N×N
+  (or, with ``crop=center``, shorter side to M, default N, then centre-cropped to N×N).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from benchbench.errors import BenchError, InvalidArgument
@@ -38,14 +43,62 @@ SPLITS = ("train", "val", "test")
 DATA_DIR_ENV = "BENCH_DATA_DIR"
 
 
+class LazyImages:
+    """N images of shape (C, H, W) decoded only when indexed, for sets too large to hold decoded (ImageNet's
+    50,000 full-resolution JPEGs are about 40 GB as float32 at 256 px).
+
+    It indexes like the (N, C, H, W) tensor it stands for: ``images[i]`` is one float32 (C, H, W) image in
+    [0, 1]; a slice, a list or an integer tensor of indices gives (B, C, H, W); ``shape`` and ``len`` decode
+    nothing. ``decode(i)`` returns image i; an image of another shape is an error naming it.
+    """
+
+    def __init__(self, count: int, image_shape: tuple[int, int, int], decode: Callable[[int], torch.Tensor]):
+        self._count, self._image_shape, self._decode = count, tuple(image_shape), decode
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self._count, *self._image_shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _one(self, i: int) -> torch.Tensor:
+        if not -self._count <= i < self._count:
+            raise IndexError(f"image index {i} is out of range for {self._count} images")
+        x = self._decode(i % self._count)
+        if tuple(x.shape) != self._image_shape:
+            raise BenchError(f"image {i % self._count} decodes to shape {tuple(x.shape)}, not {self._image_shape}")
+        return x.to(torch.float32)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, torch.Tensor) and key.dim() == 0:
+            key = int(key)
+        if isinstance(key, (int, np.integer)):
+            return self._one(int(key))
+        indices = range(self._count)[key] if isinstance(key, slice) else [int(k) for k in key]
+        if len(indices) == 0:
+            return torch.empty((0, *self._image_shape))
+        return torch.stack([self._one(i) for i in indices])
+
+
 @dataclass(frozen=True)
 class ImageDataset:
-    """images: float32 (N, C, H, W) in [0, 1]; labels: int64 (N,). ``meta``: provenance recorded in the
-    run's config.json (e.g. whether the files are the official release)."""
+    """images: float32 (N, C, H, W) in [0, 1], as a tensor or as :class:`LazyImages` (which indexes like
+    one and decodes only what is read); labels: int64 (N,). ``meta``: provenance recorded in the run's
+    config.json (e.g. whether the files are the official release).
+
+    Runs, quality and plots only index ``images`` (an image, a slice, a list of indices), so a lazy set
+    certifies only the images selected. Training reads whole tensors; only sets with train/val splits
+    (digits, CIFAR-10, image folders) are trained on, and their loaders give tensors.
+    """
 
     name: str
     split: str
-    images: torch.Tensor
+    images: torch.Tensor | LazyImages
     labels: torch.Tensor
     num_classes: int
     meta: dict[str, Any] = field(default_factory=dict, compare=False)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from benchbench.data.dataset import ImageDataset, register_dataset
+from benchbench.data.imagenet import centre_crop, parse_options, positive_int
 from benchbench.errors import BenchError, InvalidArgument
 
 # The paper's CIFAR-10 models (see the README for what was checked about each).
@@ -109,17 +110,49 @@ def _wnid_order(path: Path) -> np.ndarray:
     return np.array([rank[ids[i]] for i in range(1000)], dtype=np.int64)
 
 
+# meta["label_order"] values. Every ImageNet model benchbench loads (torchvision, timm and transformers
+# classifiers; openai's class-conditional diffusion and consistency models) numbers classes by sorted wnid.
+SORTED_WNID_ORDER = "sorted wnid (torchvision/timm/transformers)"
+DEVKIT_ORDER = "devkit (file order)"
+DEVKIT_DECLARED = "devkit (declared with labels=devkit)"
+
+
+def _imagenet64_order(arg: str | None) -> bool:
+    """True when ``imagenet64:labels=devkit`` declares that the run's models number classes in the devkit's
+    order (e.g. a classifier trained on the Imagenet64 npz files themselves)."""
+    if arg is None:
+        return False
+    if arg != "labels=devkit":
+        raise InvalidArgument(f"imagenet64 takes one option, labels=devkit (got {arg!r})")
+    return True
+
+
+def devkit_order_refusal(dataset: ImageDataset) -> str | None:
+    """The one-line refusal for a run whose ImageNet classifier or class-conditional model would be scored
+    against devkit-order labels (``imagenet64`` without ``map_clsloc.txt``): every label would be wrong,
+    silently. None when the labels are in sorted-wnid order or the devkit order was declared."""
+    if dataset.meta.get("label_order") != DEVKIT_ORDER:
+        return None
+    where = Path(dataset.meta.get("source", IMAGENET64_FILE)).parent
+    return (f"{dataset.name}: labels are in the ILSVRC devkit order of {IMAGENET64_FILE}, but ImageNet classifiers "
+            f"and class-conditional models number classes by sorted wnid, so every label would be wrong: put the "
+            f"devkit's {CLASS_MAP_FILE} in {where} (or --data-dir), or pass --dataset imagenet64:labels=devkit if "
+            f"your classifier and models were trained in devkit order")
+
+
 @register_dataset("imagenet64", default_consistency=IMAGENET64_CONSISTENCY)
-def load_imagenet64(split: str, data_dir: str = "data") -> ImageDataset:
+def load_imagenet64(split: str, data_dir: str = "data", arg: str | None = None) -> ImageDataset:
     """The official downsampled ImageNet 64×64 validation set (Chrabaszcz et al. 2017) as the ``test``
     split: ``data_dir/Imagenet64_val_npz/val_data.npz`` with ``data`` (N, 12288) uint8, each row the R, G
     and B planes of a 64×64 image in turn, and ``labels`` 1…1000.
 
     Labels become 0-based in the file's class order (the ILSVRC devkit's); when ``map_clsloc.txt`` lies
     beside the npz (or in ``data_dir``) they are mapped to sorted-wnid order, the order of torchvision,
-    timm and transformers ImageNet classifiers. ``meta.label_order`` records which. Only the validation
-    set is read: ``train`` and ``val`` are errors.
+    timm and transformers ImageNet classifiers. ``meta.label_order`` records which; a run refuses devkit
+    order (:func:`devkit_order_refusal`) unless ``arg`` is ``labels=devkit``. Only the validation set is
+    read: ``train`` and ``val`` are errors.
     """
+    declared = _imagenet64_order(arg)
     if split != "test":
         raise InvalidArgument(f"imagenet64 holds only the 50,000 validation images (the test split); no {split!r} "
                               f"split (train on the full Imagenet64_train files elsewhere)")
@@ -136,36 +169,50 @@ def load_imagenet64(split: str, data_dir: str = "data") -> ImageDataset:
     if raw.min() < 1 or raw.max() > 1000:
         raise BenchError(f"imagenet64: labels in {path} must be 1…1000 (got {raw.min()}…{raw.max()})")
     labels = raw.astype(np.int64) - 1
-    order = "devkit (file order)"
-    for mapping in (path.parent / CLASS_MAP_FILE, root / CLASS_MAP_FILE):
+    order = DEVKIT_DECLARED if declared else DEVKIT_ORDER
+    for mapping in () if declared else (path.parent / CLASS_MAP_FILE, root / CLASS_MAP_FILE):
         if mapping.is_file():
-            labels, order = _wnid_order(mapping)[labels], "sorted wnid (torchvision/timm/transformers)"
+            labels, order = _wnid_order(mapping)[labels], SORTED_WNID_ORDER
             break
     images = torch.from_numpy(data.reshape(-1, 3, 64, 64)).float().div(255)
     meta = {"source": str(path.resolve()), "label_order": order}
     return ImageDataset("imagenet64", split, images, torch.from_numpy(labels), 1000, meta)
 
 
+IMAGEFOLDER_OPTIONS = ("size", "crop", "resize")
+
+
+def _imagefolder_options(arg: str) -> tuple[str, dict[str, str]]:
+    """``PATH:size=N:crop=center`` → (``PATH``, options): the trailing ``size=``, ``crop=`` and ``resize=``
+    parts are options (a PATH may itself hold ':')."""
+    parts = arg.split(":")
+    cut = len(parts)
+    while cut > 1 and parts[cut - 1].partition("=")[0] in IMAGEFOLDER_OPTIONS:
+        cut -= 1
+    return ":".join(parts[:cut]), parse_options(":".join(parts[cut:]), IMAGEFOLDER_OPTIONS, "imagefolder")
+
+
 @register_dataset("imagefolder")
 def load_imagefolder(split: str, arg: str) -> ImageDataset:
-    """``imagefolder:PATH[:size=N]``: one sub-folder per class (sorted names are classes 0, 1, …), read by
-    torchvision's ``ImageFolder``, RGB, resized to N×N (bilinear; default: the images' own size, which
-    must then be the same for all). PATH/train, PATH/val, PATH/test are the splits when they exist;
-    otherwise PATH itself is the test split.
+    """``imagefolder:PATH[:size=N][:crop=center[:resize=M]]``: one sub-folder per class (sorted names are
+    classes 0, 1, …), read by torchvision's ``ImageFolder``, RGB. ``size=N`` resizes to N×N (bilinear;
+    default: the images' own size, which must then be the same for all); with ``crop=center`` the shorter
+    side goes to M (default N) and the centre N×N is cut out instead, keeping the aspect ratio (as the
+    ``imagenet`` dataset does). PATH/train, PATH/val, PATH/test are the splits when they exist; otherwise
+    PATH itself is the test split.
     """
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    path, size = arg, None
-    head, sep, tail = arg.rpartition(":")
-    if sep and tail.startswith("size="):
-        path = head
-        try:
-            size = int(tail[5:])
-        except ValueError:
-            raise InvalidArgument(f"imagefolder: size must be an integer, got {tail!r}") from None
-        if size < 1:
-            raise InvalidArgument(f"imagefolder: size must be >= 1, got {size}")
+    path, options = _imagefolder_options(arg)
+    size = positive_int(options, "size", "imagefolder")
+    crop = options.get("crop")
+    if crop not in (None, "center"):
+        raise InvalidArgument(f"imagefolder: crop must be 'center', got {crop!r}")
+    if crop and size is None:
+        raise InvalidArgument("imagefolder: crop=center needs size=N")
+    if "resize" in options and not crop:
+        raise InvalidArgument("imagefolder: resize=M goes with crop=center (the shorter side before the crop)")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise BenchError(f"imagefolder: {root} is not a directory")
@@ -174,9 +221,12 @@ def load_imagefolder(split: str, arg: str) -> ImageDataset:
     if not folder.is_dir() or (not has_splits and split != "test"):
         raise InvalidArgument(f"imagefolder: no {split!r} split in {root} (sub-folders train/val/test, or class "
                               f"folders directly for a test split only)")
-    steps = ([transforms.Resize((size, size))] if size else []) + [transforms.ToTensor()]
+    if crop:
+        transform = centre_crop(size, positive_int(options, "resize", "imagefolder", size))
+    else:
+        transform = transforms.Compose(([transforms.Resize((size, size))] if size else []) + [transforms.ToTensor()])
     try:
-        ds = ImageFolder(str(folder), transform=transforms.Compose(steps))  # its loader converts to RGB
+        ds = ImageFolder(str(folder), transform=transform)  # its loader converts to RGB
     except (FileNotFoundError, OSError) as exc:
         raise BenchError(f"imagefolder: {folder}: {exc}") from None
     items = [ds[i] for i in range(len(ds))]
@@ -185,5 +235,6 @@ def load_imagefolder(split: str, arg: str) -> ImageDataset:
         raise InvalidArgument(f"imagefolder: images in {folder} differ in size ({len(shapes)} sizes); add :size=N")
     images = torch.stack([x for x, _ in items])
     labels = torch.tensor([y for _, y in items], dtype=torch.int64)
-    meta = {"source": str(folder.resolve()), "classes": ds.classes, "size": size}
+    meta = {"source": str(folder.resolve()), "classes": ds.classes, "size": size,
+            **({"crop": crop, "resize": positive_int(options, "resize", "imagefolder", size)} if crop else {})}
     return ImageDataset(f"imagefolder:{arg}", split, images, labels, len(ds.classes), meta)

@@ -30,7 +30,7 @@ from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, 
 from benchbench.errors import InvalidArgument
 from benchbench.models.store import _load
 from benchbench.smoothing.noise import CopyNoise
-from benchbench.models.sigma_modes import check_sigma_mode
+from benchbench.models.sigma_modes import NEAREST_RULES, check_sigma_mode
 
 SIGMA_MIN = 0.002
 SIGMA_MAX = 90.0
@@ -169,21 +169,33 @@ def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "
     return ConsistencyModel(unet, scheduler).to(device).eval()
 
 
-def level_nearest(sigmas: torch.Tensor, level: float) -> int:
-    """Index of the grid level closest to ``level`` in ratio (|ln σ_k − ln level|), σ_min excluded."""
+def level_nearest(sigmas: torch.Tensor, level: float, rule: str = "absolute") -> int:
+    """Index of the grid level closest to ``level``, σ_min excluded (f is the identity there).
+
+    ``rule`` ``absolute``: argmin_k |σ_k − level|, Li et al. 2024's choice (sigma_mode ``nearest``);
+    ``log``: argmin_k |ln σ_k − ln level|, closest in ratio (sigma_mode ``nearest-log``). The two differ
+    where ``level`` lies between the arithmetic and the geometric mean of two adjacent levels, e.g. 2σ = 0.3
+    on the 40-level ImageNet grid (σ_max = 80): 0.2556 vs 0.3489.
+    """
     grid = sigmas[:-1].double()
-    return int(torch.argmin(torch.abs(torch.log(grid) - math.log(level))))
+    if rule == "absolute":
+        return int(torch.argmin(torch.abs(grid - level)))
+    if rule == "log":
+        return int(torch.argmin(torch.abs(torch.log(grid) - math.log(level))))
+    raise InvalidArgument(f"unknown nearest-level rule {rule!r} (available: absolute, log)")
 
 
 def assumed_level(sigmas: torch.Tensor, sigma: float, mode: str) -> float:
     """The noise level (model scale) that the first network call of ``mode`` assumes at image-scale σ:
-    2σ for ``exact``, the nearest grid level for ``nearest``, the next level ≥ 2σ for ``topup`` (where the
-    input's noise is raised to it). ``assumed_level / (2σ) − 1`` is the mismatch or inflation."""
+    2σ for ``exact``, the nearest grid level for ``nearest`` / ``nearest-log`` (each by its rule), the next
+    level ≥ 2σ for ``topup`` (where the input's noise is raised to it). ``assumed_level / (2σ) − 1`` is the
+    mismatch or inflation."""
     check_sigma_mode(mode)
     if mode == "exact":
         return 2 * sigma
-    k = level_nearest(sigmas, 2 * sigma) if mode == "nearest" else level_at_or_above(sigmas, 2 * sigma)
-    return float(sigmas[k])
+    if mode in NEAREST_RULES:
+        return float(sigmas[level_nearest(sigmas, 2 * sigma, NEAREST_RULES[mode])])
+    return float(sigmas[level_at_or_above(sigmas, 2 * sigma)])
 
 
 def first_call(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, mode: str,
@@ -196,8 +208,9 @@ def first_call(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, mod
     * ``topup``: raise the noise to the next grid level σ_k ≥ 2σ (:func:`top_up`, noise from ``noise``)
       and call f(·, σ_k): a level the model was trained on, but more noise than there is (+113% at σ = 0.12
       on the 16-level grid);
-    * ``nearest``: f(x, σ_k) at the grid level nearest to 2σ, no noise added (Li et al.'s code does this on
-      a 40-level grid): the model assumes a level up to half a grid step away from the true one;
+    * ``nearest``: f(x, σ_k) at the grid level nearest to 2σ, argmin_k |σ_k − 2σ|, no noise added (Li et
+      al.'s rule, on a 40-level grid in their code): the model assumes a level up to half a grid step away;
+    * ``nearest-log``: the same with the level nearest in ratio, argmin_k |ln σ_k − ln 2σ|;
     * ``exact``: f(x, 2σ): c_skip, c_out, c_in and t(σ) are continuous in σ, so f is evaluated at the true
       noise level, between the grid levels it was trained on; adds no noise.
     """
@@ -206,8 +219,8 @@ def first_call(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, mod
     if mode == "topup":
         x, k = top_up(x, 2 * sigma, model.sigmas, noise)
         return x, float(model.sigmas[k]), k
-    if mode == "nearest":
-        k = level_nearest(model.sigmas, 2 * sigma)
+    if mode in NEAREST_RULES:
+        k = level_nearest(model.sigmas, 2 * sigma, NEAREST_RULES[mode])
         return x, float(model.sigmas[k]), k
     return x, 2 * sigma, level_at_or_above(model.sigmas, 2 * sigma)
 

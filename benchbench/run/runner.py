@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from benchbench.smoothing.certify import ABSTAIN, certificate_from_counts, certification_batches, check_protocol, \
     noisy_batches
 from benchbench.data.dataset import ImageDataset, dataset_info, default_data_dir, get_dataset
+from benchbench.data.published import devkit_order_refusal
 from benchbench.run.environment import environment
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line
 from benchbench.run.executors import EXECUTORS, run_local, run_ray
@@ -217,6 +218,10 @@ def build_context(config: RunConfig, device: torch.device) -> Context:
     """Load the dataset, the classifier and every purifier of ``config`` on ``device``."""
     info = dataset_info(config.dataset)
     test = get_dataset(config.dataset, "test", data_dir=config.data_dir, download=config.download)
+    # Every run scores an ImageNet classifier (and maybe a class-conditional model) against these labels.
+    refusal = devkit_order_refusal(test)
+    if refusal:
+        raise InvalidArgument(refusal)
     classifier_ref = config.classifier or info.default_classifier
     if classifier_ref is None:
         raise InvalidArgument(f"dataset {config.dataset!r} has no default classifier; pass --classifier")

@@ -172,7 +172,7 @@ MODE_SIGMAS = (0.12, 0.25, 0.3, 0.5, 0.75, 1.0)
 
 def sigma_mode_table(refs: Sequence[tuple[str, str]] = (("digits", "consistency"), ("digits", "consistency-ft")),
                      *, dataset: str = "digits", sigmas: Sequence[float] = MODE_SIGMAS,
-                     modes: Sequence[str] = ("exact", "nearest", "topup"), distance: str = "lpips",
+                     modes: Sequence[str] = ("exact", "nearest", "nearest-log", "topup"), distance: str = "lpips",
                      seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
     """One row per (model, σ, mode) on the val split: the level the model is given or assumes relative to
     2σ, and the purification scores (:func:`purification_scores`, same noise for every mode)."""
