@@ -148,6 +148,18 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--n", type=int, help="the file's estimation sample count (recorded in each row)")
     imp.add_argument("--alpha", type=float, help="the file's α (recorded; with --n, radii above what n samples "
                                                   "at α can certify are refused; bench report --alpha-aware needs it)")
+    convert = sub.add_parser("convert", help="turn another codebase's checkpoint into a folder the purifiers load")
+    convert.add_argument("format", choices=["openai-unet"],
+                         help="openai-unet: a UNetModel state_dict of improved-diffusion, guided-diffusion or "
+                              "consistency_models")
+    convert.add_argument("checkpoint", metavar="CHECKPOINT.pt")
+    convert.add_argument("--out", required=True, help="new folder to write (a DDPMPipeline- or "
+                                                      "ConsistencyModelPipeline-style folder)")
+    convert.add_argument("--profile", help="flags of a published file: dds-cifar10, guided-256-uncond, "
+                                           "guided-64-cond, cm-imagenet64, cm-lsun256")
+    convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="one of the original scripts' flags (image_size, num_channels, …), over the profile; "
+                              "repeatable")
     _add_reporting(sub)
     return parser
 
@@ -435,9 +447,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from benchbench.models.openai_unet import CONVERSION, convert
+
+    out = convert(args.checkpoint, args.out, profile=args.profile, settings=args.set)
+    print(f"wrote {out} (diffusers folder; {CONVERSION} records the source and its timestep scale)")
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "merge": _cmd_merge, "train": _cmd_train, "list": _cmd_list, "plot": _cmd_plot,
             "report": _cmd_report, "quality": _cmd_quality, "compare": _cmd_compare, "evaluate": _cmd_evaluate,
-            "import": _cmd_import}
+            "import": _cmd_import, "convert": _cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

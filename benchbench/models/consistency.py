@@ -28,7 +28,7 @@ import torch
 from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
 from benchbench.errors import InvalidArgument
-from benchbench.models.store import _load
+from benchbench.models.store import _load, load_unet
 from benchbench.smoothing.noise import CopyNoise
 from benchbench.models.sigma_modes import NEAREST_RULES, check_sigma_mode
 
@@ -164,7 +164,7 @@ def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "
     model by :mod:`benchbench.models.store`."""
     if kind not in KINDS:
         raise InvalidArgument(f"unknown consistency model kind {kind!r} (available: {', '.join(KINDS)})")
-    unet = _load(UNet2DModel, ref, kind, subfolder="unet")
+    unet = load_unet(ref, kind)
     scheduler = _load(CMStochasticIterativeScheduler, ref, kind, subfolder="scheduler")
     return ConsistencyModel(unet, scheduler).to(device).eval()
 

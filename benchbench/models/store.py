@@ -129,11 +129,49 @@ def load_feature_net(ref: str, device: str | torch.device = "cpu") -> torch.nn.M
     return _load(FeatureNet, ref, "perceptual").to(device).eval()
 
 
-def load_ddpm(ref: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
-    """Load a DDPM pipeline folder or hub id; returns (UNet2DModel in eval mode, DDPMScheduler)."""
-    from diffusers import DDPMScheduler, UNet2DModel
+class RescaledTimesteps(torch.nn.Module):
+    """A UNet2DModel fed ``timestep · scale``, as the original code fed it (improved-diffusion's
+    ``rescale_timesteps``: t·1000/T); a diffusers config has no field for it, so a converted folder's
+    ``conversion.json`` holds it. Same call and ``config`` as the UNet it wraps."""
 
-    unet = _load(UNet2DModel, ref, "ddpm", subfolder="unet").to(device).eval()
+    def __init__(self, unet: torch.nn.Module, scale: float):
+        super().__init__()
+        self.unet = unet
+        self.timestep_scale = scale
+
+    @property
+    def config(self) -> Any:
+        return self.unet.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def forward(self, sample: torch.Tensor, timestep: Any, class_labels: torch.Tensor | None = None,
+                return_dict: bool = True) -> Any:
+        t = torch.as_tensor(timestep, device=sample.device).float() * self.timestep_scale
+        return self.unet(sample, t, class_labels=class_labels, return_dict=return_dict)
+
+
+def load_unet(ref: str, kind: str) -> torch.nn.Module:
+    """The ``unet/`` of a pipeline folder or hub id, fed what its original fed it: wrapped in
+    :class:`RescaledTimesteps` when the folder's ``conversion.json`` (``bench convert``) says so."""
+    from diffusers import UNet2DModel
+
+    from benchbench.models.openai_unet import timestep_scale
+
+    unet = _load(UNet2DModel, ref, kind, subfolder="unet")
+    where = Path(resolve(ref, kind))
+    scale = timestep_scale(where) if where.is_dir() else 1.0
+    return unet if scale == 1.0 else RescaledTimesteps(unet, scale)
+
+
+def load_ddpm(ref: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """Load a DDPM pipeline folder or hub id; returns (UNet2DModel in eval mode, DDPMScheduler). A folder
+    converted from another codebase keeps feeding the network its original timestep (:func:`load_unet`)."""
+    from diffusers import DDPMScheduler
+
+    unet = load_unet(ref, "ddpm").to(device).eval()
     scheduler = _load(DDPMScheduler, ref, "ddpm", subfolder="scheduler")
     return unet, scheduler
 
