@@ -178,3 +178,96 @@ def test_every_diffusion_purifier_feeds_the_network_the_rescaled_timestep(world,
     else:
         steps = strided_timesteps(matching_timestep(purifier.alphas_cumprod, 0.5), kwargs["steps"])
     assert seen == pytest.approx([t * 1000 / flags["diffusion_steps"] for t in steps], abs=1e-4)
+
+
+@pytest.mark.parametrize("profile, change, match", [
+    ("dds-cifar10", ["class_cond=True"], "lacks key 'label_emb.weight'.*check class_cond"),
+    ("guided-64-cond", ["class_cond=False"], "key 'label_emb.weight' is not in the network.*check class_cond"),
+    ("dds-cifar10", ["learn_sigma=False"], "'out.2.weight' has shape \\(6, 32, 3, 3\\).*check learn_sigma"),
+    ("dds-cifar10", ["num_channels=64"], "'time_embed.0.weight' has shape.*check num_channels"),
+    ("dds-cifar10", ["attention_resolutions=16"], "'input_blocks.5.1.norm.weight' is not.*attention_resolutions"),
+    ("dds-cifar10", ["use_scale_shift_norm=False"], "emb_layers.1.weight' has shape.*use_scale_shift_norm"),
+    ("guided-256-uncond", ["resblock_updown=False"], "check resblock_updown"),
+    ("dds-cifar10", ["num_res_blocks=2"], "'input_blocks.2.0.op.weight' is not.*check resblock_updown or num_res_"),
+])
+def test_flags_that_do_not_match_the_checkpoint_are_one_line_and_write_nothing(world, tmp_path, capsys, profile,
+                                                                               change, match):
+    folder, _, _ = world[profile]
+    ckpt = folder.parent / f"{profile}.pt"
+    out = tmp_path / "out"
+    sets = [a for s in REDUCED[profile] + change for a in ("--set", s)]
+    assert main(["convert", "openai-unet", str(ckpt), "--out", str(out), "--profile", profile, *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bench: error: ")
+    assert __import__("re").search(match, err), err
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary left behind
+
+
+def test_bad_files_and_names_are_one_line_and_write_nothing(world, tmp_path, capsys):
+    ckpt = world["dds-cifar10"][0].parent / "dds-cifar10.pt"
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x04 not a checkpoint at all")
+    not_weights = tmp_path / "not_weights.pt"
+    torch.save({"epoch": 3}, not_weights)
+    before = sorted(tmp_path.iterdir())
+    out = tmp_path / "out"
+    cases = [
+        ([str(tmp_path / "missing.pt")], "no checkpoint file"),
+        ([str(corrupt)], "cannot read"),
+        ([str(not_weights)], "not a state_dict"),
+        ([str(ckpt), "--profile", "dds-cifar100"], "unknown profile 'dds-cifar100'"),
+        ([str(ckpt), "--set", "num_chanels=32"], "--set num_chanels: unknown flag"),
+        ([str(ckpt), "--set", "num_channels=wide"], "--set num_channels=wide"),
+        ([str(ckpt), "--set", "learn_sigma=maybe"], "expected True or False"),
+        ([str(ckpt), "--set", "noise_schedule=sqrt", "--set", "num_channels=32", "--set", "num_res_blocks=1",
+          "--profile", "dds-cifar10"], "noise_schedule='sqrt'"),
+        ([str(ckpt), "--set", "num_heads=3", "--profile", "dds-cifar10"], "num_heads=3 does not divide"),
+    ]
+    for args, match in cases:
+        assert main(["convert", "openai-unet", *args[:1], "--out", str(out), *args[1:]]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, (args, err)
+        assert "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == before
+    existing = world["dds-cifar10"][0]
+    assert main(["convert", "openai-unet", str(ckpt), "--out", str(existing), "--profile", "dds-cifar10"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_conversion_record_names_its_source_and_timestep_scale(world):
+    import json
+
+    folder, _, _ = world["dds-cifar10"]
+    record = json.loads((folder / "conversion.json").read_text())
+    assert record["timestep_scale"] == 0.25
+    assert record["source"]["checkpoint"] == "dds-cifar10.pt" and len(record["source"]["sha256"]) == 64
+    assert record["source"]["profile"] == "dds-cifar10" and record["source"]["flags"]["num_channels"] == 32
+    assert json.loads((world["guided-256-uncond"][0] / "conversion.json").read_text())["timestep_scale"] == 1.0
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["num_train_timesteps"], scheduler["beta_schedule"]) == (4000, "squaredcos_cap_v2")
+    assert scheduler["variance_type"] == "learned_range"
+
+
+def test_profiles_carry_the_published_flags():
+    """The numbers the originals' READMEs and launch scripts give (sources in the README)."""
+    dds = resolve_flags("dds-cifar10")
+    assert (dds["image_size"], dds["num_channels"], dds["num_res_blocks"], dds["num_heads"]) == (32, 128, 3, 4)
+    assert (dds["attention_resolutions"], dds["dropout"], dds["diffusion_steps"]) == ("16,8", 0.3, 4000)
+    assert dds["learn_sigma"] and dds["use_scale_shift_norm"] and dds["rescale_timesteps"]
+    assert dds["noise_schedule"] == "cosine" and not dds["class_cond"]
+    g256 = resolve_flags("guided-256-uncond")
+    assert (g256["image_size"], g256["num_channels"], g256["num_head_channels"], g256["num_res_blocks"]) == (
+        256, 256, 64, 2)
+    assert g256["resblock_updown"] and g256["learn_sigma"] and not g256["use_new_attention_order"]
+    assert (g256["noise_schedule"], g256["diffusion_steps"], g256["attention_resolutions"]) == ("linear", 1000,
+                                                                                                  "32,16,8")
+    g64 = resolve_flags("guided-64-cond")
+    assert (g64["image_size"], g64["num_channels"], g64["num_res_blocks"], g64["dropout"]) == (64, 192, 3, 0.1)
+    assert g64["class_cond"] and g64["use_new_attention_order"] and g64["noise_schedule"] == "cosine"
+    cm = resolve_flags("cm-imagenet64")
+    assert (cm["num_channels"], cm["num_res_blocks"], cm["num_head_channels"], cm["steps"]) == (192, 3, 64, 40)
+    assert cm["class_cond"] and cm["resblock_updown"] and cm["use_scale_shift_norm"] and not cm["learn_sigma"]
+    assert (cm["sigma_min"], cm["sigma_max"]) == (0.002, 80.0)
+    lsun = resolve_flags("cm-lsun256")
+    assert (lsun["image_size"], lsun["num_channels"], lsun["use_scale_shift_norm"]) == (256, 256, False)
+    assert set(PROFILES) == set(REDUCED)

@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -252,8 +253,24 @@ _RES_PARTS = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_layers.1
               ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("skip_connection", "conv_shortcut")]
 
 
-def _hint(key: str) -> str:
-    """The flag(s) to check for a mismatch at openai key ``key``."""
+def _is_resample(key: str) -> bool | None:
+    """True for a plain up/downsampling layer's key, False for a ResBlock's, None for anything else."""
+    parts = key.split(".")
+    if len(parts) < 4 or parts[0] not in ("input_blocks", "output_blocks"):
+        return None
+    if parts[3] in ("op", "conv"):
+        return True
+    return False if parts[3] in ("in_layers", "emb_layers", "out_layers", "skip_connection") else None
+
+
+def _hint(key: str, others: Any = ()) -> str:
+    """The flag(s) to check for a mismatch at openai key ``key``; ``others``: the keys on the other side (the
+    checkpoint's for a missing key, the expected ones for an unexpected key)."""
+    kind = _is_resample(key)
+    if kind is not None:
+        module = ".".join(key.split(".")[:3]) + "."
+        if any(k.startswith(module) and _is_resample(k) is (not kind) for k in others):
+            return "resblock_updown or num_res_blocks"
     if key.startswith("label_emb"):
         return "class_cond"
     if key.startswith("out.2"):
@@ -309,13 +326,13 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: _Arch,
     for key, value in state.items():
         if key not in expected:
             raise CheckpointError(f"checkpoint key {key!r} is not in the network these flags describe; "
-                                  f"check {_hint(key)}")
+                                  f"check {_hint(key, expected)}")
         if _squeeze(tuple(value.shape)) != _squeeze(expected[key]):
             raise CheckpointError(f"checkpoint key {key!r} has shape {tuple(value.shape)}, the flags give "
                                   f"{expected[key]}; check {_hint(key)}")
     for key in expected:
         if key not in state:
-            raise CheckpointError(f"checkpoint lacks key {key!r} that these flags need; check {_hint(key)}")
+            raise CheckpointError(f"checkpoint lacks key {key!r} that these flags need; check {_hint(key, state)}")
     out = {dkey: fn(state[okey].float() if state[okey].is_floating_point() else state[okey])
            for dkey, fn, okey in rules}
     missing = set(target) - set(out)
@@ -352,9 +369,13 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles on stderr, around the one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike mean a file that is not a state_dict
-        raise CheckpointError(f"cannot read {path} as a torch state_dict: {first_line(exc)}") from exc
+        # torch's own first line suggests weights_only=False, which would run the file's code: not said here
+        raise CheckpointError(f"cannot read {path} as a torch state_dict of tensors ({type(exc).__name__}): "
+                              f"corrupt, truncated, or not saved with torch.save") from exc
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path} is not a state_dict (a dict of tensors)")
     return state
