@@ -133,17 +133,17 @@ def test_consistency_purifier_equals_consistency_models_denoise(world, mode):
 
     folder, ref, flags = world["cm-imagenet64"]
     size = flags["image_size"]
-    labels = labels_for(flags, 3, seed=4)
+    labels = labels_for(flags, 2, seed=4)
     purifier = ConsistencyPurifier(model=str(folder), sigma_mode=mode, class_label="predicted",
                                    classifier=FixedLabels(labels))
     assert len(purifier.model.sigmas) == 40 and purifier.model.sigma_max == 80.0
     g = torch.Generator().manual_seed(3)
-    x = torch.rand(3, 3, size, size, generator=g)
+    x = torch.rand(2, 3, size, size, generator=g)
     for sigma in (0.12, 0.25, 0.5, 1.0):
         x_noisy = x + sigma * torch.randn(x.shape, generator=g)
         level = assumed_level(purifier.model.sigmas, sigma, mode)
         with torch.no_grad():
-            theirs = cm_denoise(ref, 2 * x_noisy - 1, torch.full((3,), level), labels).clamp(-1, 1)
+            theirs = cm_denoise(ref, 2 * x_noisy - 1, torch.full((2,), level), labels).clamp(-1, 1)
             ours = 2 * purifier(x_noisy, sigma) - 1
         assert (theirs.abs() < 1).float().mean() > 0.1
         assert record(f"consistency {mode} sigma={sigma}", (ours - theirs).abs().max().item()) <= TOL
@@ -271,3 +271,43 @@ def test_profiles_carry_the_published_flags():
     lsun = resolve_flags("cm-lsun256")
     assert (lsun["image_size"], lsun["num_channels"], lsun["use_scale_shift_norm"]) == (256, 256, False)
     assert set(PROFILES) == set(REDUCED)
+
+
+SMALL = ["--num-images", "2", "--n0", "2", "--n", "4", "--sigmas", "0.25", "--batch-size", "6", "--alpha", "0.1",
+         "--no-report"]
+
+
+def run_rows(out: Path) -> dict[str, list[list[str]]]:
+    import json
+
+    files = json.loads((out / "config.json").read_text())["files"]
+    return {f["purifier"].split("(")[0]: [r.split("\t") for r in (out / f["file"]).read_text().splitlines()[1:]]
+            for f in files}
+
+
+def test_bench_run_takes_a_converted_dds_cifar10_folder(world, tmp_path):
+    from realworld import save_tiny_vit, write_cifar10
+
+    folder = world["dds-cifar10"][0]
+    data, vit = write_cifar10(tmp_path / "cifar"), save_tiny_vit(tmp_path / "vit10")
+    out = tmp_path / "run"
+    purifiers = f"ddpm:model={folder},pfode:model={folder}:steps=2,densepure:model={folder}:k=2"
+    assert main(["run", "--dataset", "cifar10", "--data-dir", str(data), "--classifier", f"hf:{vit}",
+                 "--purifiers", purifiers, "--out", str(out), *SMALL]) == 0
+    rows = run_rows(out)
+    assert list(rows) == ["ddpm", "pfode", "densepure"]
+    for name, nfe in {"ddpm": 1.0, "pfode": 3.0, "densepure": 20.0}.items():  # heun: 2·steps − 1; K·steps (10)
+        assert len(rows[name]) == 2 and all(float(r[7]) == nfe for r in rows[name]), name
+
+
+def test_bench_run_takes_a_converted_cm_imagenet64_folder(world, tmp_path):
+    from realworld import save_tiny_vit, write_imagenet64
+
+    folder = world["cm-imagenet64"][0]
+    data, vit = write_imagenet64(tmp_path / "imagenet", n=3), save_tiny_vit(tmp_path / "vit1000", num_labels=1000)
+    out = tmp_path / "run"
+    assert main(["run", "--dataset", "imagenet64", "--data-dir", str(data), "--classifier", f"hf:{vit}",
+                 "--purifiers", f"consistency:model={folder}", "--out", str(out), *SMALL]) == 0
+    rows = run_rows(out)
+    assert list(rows) == ["consistency"] and len(rows["consistency"]) == 2
+    assert all(float(r[7]) == 1.0 for r in rows["consistency"])
