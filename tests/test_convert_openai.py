@@ -154,7 +154,7 @@ def test_consistency_purifier_equals_consistency_models_denoise(world, mode):
 def test_every_diffusion_purifier_feeds_the_network_the_rescaled_timestep(world, spec):
     """With rescale_timesteps (1000/T = 0.25 for T = 4000) the UNet sees t·0.25 for every scheduler step t."""
     from benchbench.registry import get_purifier
-    from benchbench.seeding import CopyNoise
+    from benchbench.smoothing.noise import CopyNoise
     from purifiers.diffusion import matching_timestep, strided_timesteps
 
     folder, _, flags = world["dds-cifar10"]
