@@ -64,6 +64,9 @@ class DDPMBase:
         if self.prediction_type not in PREDICTION_TYPES:
             raise CheckpointError(f"DDPM {ref!r}: prediction_type {self.prediction_type!r} is not supported "
                                   f"({', '.join(PREDICTION_TYPES)})")
+        if getattr(self.unet.config, "num_class_embeds", None):
+            raise CheckpointError(f"DDPM {ref!r} is class-conditional ({self.unet.config.num_class_embeds} classes); "
+                                  f"the diffusion purifiers run unconditional DDPMs")
         c_in, c_out = self.unet.config.in_channels, self.unet.config.out_channels
         if c_out not in (c_in, 2 * c_in):
             raise CheckpointError(f"DDPM {ref!r}: {c_out} output channels for {c_in} input channels; expected "

@@ -311,3 +311,13 @@ def test_bench_run_takes_a_converted_cm_imagenet64_folder(world, tmp_path):
     rows = run_rows(out)
     assert list(rows) == ["consistency"] and len(rows["consistency"]) == 2
     assert all(float(r[7]) == 1.0 for r in rows["consistency"])
+
+
+@pytest.mark.parametrize("name", ["ddpm", "sde", "pfode", "densepure"])
+def test_a_class_conditional_ddpm_is_refused_by_the_diffusion_purifiers(world, name):
+    """guided-64-cond converts exactly (above), but ddpm/sde/pfode/densepure give the UNet no class label."""
+    from benchbench.errors import BenchError
+    from benchbench.registry import get_purifier
+
+    with pytest.raises(BenchError, match="is class-conditional \\(1000 classes\\)"):
+        get_purifier(name, model=str(world["guided-64-cond"][0]))
