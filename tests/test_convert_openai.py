@@ -321,3 +321,29 @@ def test_a_class_conditional_ddpm_is_refused_by_the_diffusion_purifiers(world, n
 
     with pytest.raises(BenchError, match="is class-conditional \\(1000 classes\\)"):
         get_purifier(name, model=str(world["guided-64-cond"][0]))
+
+
+def test_heads_of_different_widths_convert_exactly(tmp_path):
+    """A fixed num_heads over levels of different widths (improved-diffusion's ImageNet-64 and guided-diffusion's
+    128×128 models) gives heads of different widths, which UNet2DModel's one attention_head_dim cannot say:
+    the folder records each attention's heads and the loader sets them."""
+    import json
+
+    from benchbench.models.store import load_ddpm
+
+    sets = ["image_size=32", "channel_mult=1,2,3", "num_channels=32", "num_res_blocks=1", "num_heads=4",
+            "num_heads_upsample=2", "attention_resolutions=16,8", "learn_sigma=True", "diffusion_steps=4000",
+            "noise_schedule=cosine", "rescale_timesteps=True"]
+    flags = resolve_flags(None, sets)
+    ref = randomize(reference_model(flags), 7)
+    torch.save(ref.state_dict(), tmp_path / "model.pt")
+    folder = tmp_path / "folder"
+    assert main(["convert", "openai-unet", str(tmp_path / "model.pt"), "--out", str(folder),
+                 *[a for s in sets for a in ("--set", s)]]) == 0
+    heads = json.loads((folder / "conversion.json").read_text())["attention_heads"]
+    assert heads["down_blocks.2.attentions.0"] == 4 and heads["up_blocks.0.attentions.0"] == 2
+    unet, _ = load_ddpm(str(folder))
+    x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)), torch.tensor([10, 3000])
+    with torch.no_grad():
+        diff = (unet(x, t).sample - ref(x, t.float() * 0.25)).abs().max().item()
+    assert record("network unequal head widths", diff) <= TOL

@@ -181,13 +181,21 @@ class _Arch:
         return heads
 
     def _head_dim(self) -> int:
-        widths = {c // self.heads(c) for level, c in enumerate(self.channels) if self.attends(level)}
-        widths |= {c // self.heads(c, True) for level, c in enumerate(self.channels) if self.attends(level)}
-        widths.add(self.channels[-1] // self.heads(self.channels[-1]))  # the middle block always attends
-        if len(widths) > 1:
-            raise InvalidArgument(f"attention heads of {sorted(widths)} channels: UNet2DModel has one "
-                                  f"attention_head_dim; set num_head_channels (or num_heads) so all heads are equal")
-        return widths.pop()
+        """UNet2DModel's one attention_head_dim: the common head width, or, when the original's heads differ
+        in width (a fixed num_heads over levels of different widths), the gcd of the attention widths, which
+        builds every attention at its full width; :attr:`head_overrides` then holds each one's true heads."""
+        attention = [(dst, heads) for _, dst, kind, heads in self.module_map() if kind == "attn"]
+        widths = {self.width(dst) // heads for dst, heads in attention}
+        self.head_overrides = {} if len(widths) == 1 else dict(attention)
+        return widths.pop() if len(widths) == 1 else math.gcd(*(self.width(dst) for dst, _ in attention))
+
+    def width(self, module: str) -> int:
+        """Channels of the diffusers block ``module`` (``down_blocks.2.…``, ``mid_block.…``, ``up_blocks.0.…``)."""
+        parts = module.split(".")
+        if parts[0] == "mid_block":
+            return self.channels[-1]
+        level = int(parts[1])
+        return self.channels[level if parts[0] == "down_blocks" else self.levels - 1 - level]
 
     def diffusers_config(self) -> dict[str, Any]:
         down, up = [], []
@@ -208,9 +216,9 @@ class _Arch:
             num_class_embeds=NUM_CLASSES if self.flags["class_cond"] else None, dropout=self.flags["dropout"],
         )
 
-    def module_map(self) -> list[tuple[str, str, str]]:
-        """(openai module, diffusers module, kind) in openai's registration order; kind is ``res``, ``attn``,
-        ``linear``, ``conv``, ``norm`` or ``embed``."""
+    def module_map(self) -> list[tuple[str, str, str, int]]:
+        """(openai module, diffusers module, kind, heads) in openai's registration order; kind is ``res``,
+        ``attn``, ``linear``, ``conv``, ``norm`` or ``embed``; heads (0 but for ``attn``) as the original has them."""
         pairs = [("time_embed.0", "time_embedding.linear_1", "linear"),
                  ("time_embed.2", "time_embedding.linear_2", "linear")]
         if self.flags["class_cond"]:
@@ -221,7 +229,8 @@ class _Arch:
             for j in range(self.blocks):
                 pairs.append((f"input_blocks.{block}.0", f"down_blocks.{level}.resnets.{j}", "res"))
                 if self.attends(level):
-                    pairs.append((f"input_blocks.{block}.1", f"down_blocks.{level}.attentions.{j}", "attn"))
+                    pairs.append((f"input_blocks.{block}.1", f"down_blocks.{level}.attentions.{j}", "attn",
+                                  self.heads(self.channels[level])))
                 block += 1
             if level != self.levels - 1:
                 if self.updown:
@@ -229,7 +238,7 @@ class _Arch:
                 else:
                     pairs.append((f"input_blocks.{block}.0.op", f"down_blocks.{level}.downsamplers.0.conv", "conv"))
                 block += 1
-        pairs += [("middle_block.0", "mid_block.resnets.0", "res"), ("middle_block.1", "mid_block.attentions.0", "attn"),
+        pairs += [("middle_block.0", "mid_block.resnets.0", "res"), ("middle_block.1", "mid_block.attentions.0", "attn", self.heads(self.channels[-1])),
                   ("middle_block.2", "mid_block.resnets.1", "res")]
         block = 0
         for i, level in enumerate(reversed(range(self.levels))):
@@ -237,7 +246,8 @@ class _Arch:
                 pairs.append((f"output_blocks.{block}.0", f"up_blocks.{i}.resnets.{j}", "res"))
                 sub = 1
                 if self.attends(level):
-                    pairs.append((f"output_blocks.{block}.1", f"up_blocks.{i}.attentions.{j}", "attn"))
+                    pairs.append((f"output_blocks.{block}.1", f"up_blocks.{i}.attentions.{j}", "attn",
+                                  self.heads(self.channels[level], upsampling=True)))
                     sub = 2
                 if level and j == self.blocks:
                     if self.updown:
@@ -246,7 +256,7 @@ class _Arch:
                         pairs.append((f"output_blocks.{block}.{sub}.conv", f"up_blocks.{i}.upsamplers.0.conv", "conv"))
                 block += 1
         pairs += [("out.0", "conv_norm_out", "norm"), ("out.2", "conv_out", "conv")]
-        return pairs
+        return [p if len(p) == 4 else (*p, 0) for p in pairs]
 
 
 _RES_PARTS = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_layers.1", "time_emb_proj"),
@@ -302,7 +312,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: _Arch,
     """
     expected: dict[str, tuple[int, ...]] = {}   # openai key -> shape
     rules: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], str]] = []  # (diffusers key, fn, openai key)
-    for src, dst, kind in arch.module_map():
+    for src, dst, kind, heads in arch.module_map():
         if kind == "res":
             parts = [(a, b) for a, b in _RES_PARTS if f"{dst}.{b}.weight" in target]
         elif kind == "attn":
@@ -316,7 +326,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: _Arch,
                     q = target[f"{dst}.to_q.{leaf}"]
                     expected[okey] = (3 * q.shape[0], *q.shape[1:])
                     for i, name in enumerate(("to_q", "to_k", "to_v")):
-                        rules.append((f"{dst}.{name}.{leaf}", _qkv_part(arch, q.shape[0], i), okey))
+                        rules.append((f"{dst}.{name}.{leaf}", _qkv_part(arch, q.shape[0], heads, i), okey))
                     continue
                 dkey = ".".join(p for p in (dst, b, leaf) if p)
                 if dkey not in target:
@@ -345,17 +355,17 @@ def _reshape_to(shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor
     return lambda w: w.reshape(shape).contiguous()
 
 
-def _qkv_part(arch: _Arch, channels: int, which: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """q (0), k (1) or v (2) of a fused qkv weight (3C, C, 1[, 1]) or bias (3C,), heads in diffusers' order
-    (head h = channels h·d … h·d + d − 1)."""
-    heads = channels // arch.head_dim
+def _qkv_part(arch: _Arch, channels: int, heads: int, which: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """q (0), k (1) or v (2) of a fused qkv weight (3C, C, 1[, 1]) or bias (3C,) of an attention with
+    ``heads`` heads, in diffusers' order (head h = channels h·d … h·d + d − 1)."""
+    dim = channels // heads
 
     def take(w: torch.Tensor) -> torch.Tensor:
         w = w.reshape(3 * channels, -1)
         if arch.qkv_order == "legacy":  # rows: head, then q/k/v, then dim
-            part = w.reshape(heads, 3, arch.head_dim, -1)[:, which]
+            part = w.reshape(heads, 3, dim, -1)[:, which]
         else:  # rows: q/k/v, then head, then dim
-            part = w.reshape(3, heads, arch.head_dim, -1)[which]
+            part = w.reshape(3, heads, dim, -1)[which]
         part = part.reshape(channels, -1)
         return part[:, 0].contiguous() if part.shape[1] == 1 else part.contiguous()
 
@@ -422,7 +432,11 @@ def build(state: dict[str, torch.Tensor], flags: dict[str, Any]) -> tuple[Any, A
         scale = 1000.0 / flags["diffusion_steps"] if flags["rescale_timesteps"] else 1.0
     unet = UNet2DModel(**arch.diffusers_config())
     unet.load_state_dict(convert_state_dict(state, arch, unet.state_dict()), strict=True)
-    return unet.eval(), scheduler, {"timestep_scale": scale}
+    record: dict[str, Any] = {"timestep_scale": scale}
+    if arch.head_overrides:
+        record["attention_heads"] = arch.head_overrides
+        set_attention_heads(unet, arch.head_overrides)
+    return unet.eval(), scheduler, record
 
 
 def convert(checkpoint: str | Path, out: str | Path, profile: str | None = None,
@@ -470,3 +484,27 @@ def timestep_scale(folder: str | Path) -> float:
     if not math.isfinite(scale) or scale <= 0:
         raise CheckpointError(f"{path}: timestep_scale must be a positive number, got {scale}")
     return scale
+
+
+def attention_heads(folder: str | Path) -> dict[str, int]:
+    """Per-attention head counts a converted folder's UNet needs beyond its config (empty when none)."""
+    path = Path(folder) / CONVERSION
+    if not path.is_file():
+        return {}
+    heads = json.loads(path.read_text()).get("attention_heads") or {}
+    if not isinstance(heads, dict) or not all(isinstance(v, int) and v > 0 for v in heads.values()):
+        raise CheckpointError(f"corrupt {path}: attention_heads must map module names to head counts")
+    return heads
+
+
+def set_attention_heads(unet: torch.nn.Module, heads: dict[str, int]) -> None:
+    """Give each named attention of ``unet`` its original number of heads (same weights, same width)."""
+    for name, count in heads.items():
+        try:
+            attention = unet.get_submodule(name)
+        except AttributeError as exc:
+            raise CheckpointError(f"conversion record names attention {name!r}, which this UNet lacks") from exc
+        width = attention.to_q.out_features
+        if width % count:
+            raise CheckpointError(f"conversion record: {count} heads do not divide {name!r}'s {width} channels")
+        attention.heads, attention.scale = count, (width // count) ** -0.5

@@ -154,15 +154,19 @@ class RescaledTimesteps(torch.nn.Module):
 
 
 def load_unet(ref: str, kind: str) -> torch.nn.Module:
-    """The ``unet/`` of a pipeline folder or hub id, fed what its original fed it: wrapped in
-    :class:`RescaledTimesteps` when the folder's ``conversion.json`` (``bench convert``) says so."""
+    """The ``unet/`` of a pipeline folder or hub id, computing what its original computed: wrapped in
+    :class:`RescaledTimesteps`, and its attentions given their original head counts, when the folder's
+    ``conversion.json`` (``bench convert``) says so."""
     from diffusers import UNet2DModel
 
-    from benchbench.models.openai_unet import timestep_scale
+    from benchbench.models.openai_unet import attention_heads, set_attention_heads, timestep_scale
 
     unet = _load(UNet2DModel, ref, kind, subfolder="unet")
     where = Path(resolve(ref, kind))
-    scale = timestep_scale(where) if where.is_dir() else 1.0
+    if not where.is_dir():
+        return unet
+    set_attention_heads(unet, attention_heads(where))
+    scale = timestep_scale(where)
     return unet if scale == 1.0 else RescaledTimesteps(unet, scale)
 
 
