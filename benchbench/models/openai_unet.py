@@ -76,6 +76,10 @@ FLAGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "sigma_min": (float, 0.002),
     "sigma_max": (float, 80.0),
     "steps": (int, 40),  # consistency_models' --steps: the Karras grid the model is sampled on
+    # In the READMEs' MODEL_FLAGS, accepted so they can be pasted: how the original runs (half precision,
+    # gradient checkpointing), not its weights, which are read as fp32 (bench run --precision runs fp16).
+    "use_fp16": (_bool, False),
+    "use_checkpoint": (_bool, False),
 }
 
 # The published files, flags as their READMEs / launch scripts give them (the sources are in the README).
