@@ -222,6 +222,8 @@ def test_bad_files_and_names_are_one_line_and_write_nothing(world, tmp_path, cap
         ([str(ckpt), "--set", "noise_schedule=sqrt", "--set", "num_channels=32", "--set", "num_res_blocks=1",
           "--profile", "dds-cifar10"], "noise_schedule='sqrt'"),
         ([str(ckpt), "--set", "num_heads=3", "--profile", "dds-cifar10"], "num_heads=3 does not divide"),
+        ([str(ckpt), "--set", "num_channels=48"], "32-group norms need multiples of 32"),
+        ([str(ckpt), "--set", "channel_mult=1,two"], "channel_mult='1,two'"),
     ]
     for args, match in cases:
         assert main(["convert", "openai-unet", *args[:1], "--out", str(out), *args[1:]]) == 2, args

@@ -145,7 +145,10 @@ class _Arch:
     def __init__(self, flags: dict[str, Any]):
         size = flags["image_size"]
         if flags["channel_mult"]:
-            mult = tuple(float(m) for m in str(flags["channel_mult"]).split(","))
+            try:
+                mult = tuple(float(m) for m in str(flags["channel_mult"]).split(","))
+            except ValueError as exc:
+                raise InvalidArgument(f"channel_mult={flags['channel_mult']!r}: expected e.g. 1,2,2,2") from exc
         elif size in DEFAULT_CHANNEL_MULT:
             mult = DEFAULT_CHANNEL_MULT[size]
         else:
@@ -159,6 +162,9 @@ class _Arch:
         self.model_channels = flags["num_channels"]
         self.channels = [int(m * self.model_channels) for m in mult]
         self.levels = len(mult)
+        if any(c < 32 or c % 32 for c in self.channels):  # every norm of the family is GroupNorm(32, ·)
+            raise InvalidArgument(f"num_channels={self.model_channels} with channel_mult {mult} gives "
+                                  f"{self.channels} channels; 32-group norms need multiples of 32")
         self.blocks = flags["num_res_blocks"]
         self.updown = flags["resblock_updown"]
         self.consistency = flags["training_mode"] in CONSISTENCY_MODES
@@ -242,7 +248,8 @@ class _Arch:
                 else:
                     pairs.append((f"input_blocks.{block}.0.op", f"down_blocks.{level}.downsamplers.0.conv", "conv"))
                 block += 1
-        pairs += [("middle_block.0", "mid_block.resnets.0", "res"), ("middle_block.1", "mid_block.attentions.0", "attn", self.heads(self.channels[-1])),
+        pairs += [("middle_block.0", "mid_block.resnets.0", "res"),
+                  ("middle_block.1", "mid_block.attentions.0", "attn", self.heads(self.channels[-1])),
                   ("middle_block.2", "mid_block.resnets.1", "res")]
         block = 0
         for i, level in enumerate(reversed(range(self.levels))):
