@@ -303,10 +303,11 @@ def test_bench_run_takes_a_converted_dds_cifar10_folder(world, tmp_path):
 
 
 def test_bench_run_takes_a_converted_cm_imagenet64_folder(world, tmp_path):
-    from realworld import save_tiny_vit, write_imagenet64
+    from realworld import save_tiny_vit, write_class_map, write_imagenet64
 
     folder = world["cm-imagenet64"][0]
     data, vit = write_imagenet64(tmp_path / "imagenet", n=3), save_tiny_vit(tmp_path / "vit1000", num_labels=1000)
+    write_class_map(data / "Imagenet64_val_npz")  # labels in sorted-wnid order, as class-conditional models number them
     out = tmp_path / "run"
     assert main(["run", "--dataset", "imagenet64", "--data-dir", str(data), "--classifier", f"hf:{vit}",
                  "--purifiers", f"consistency:model={folder}", "--out", str(out), *SMALL]) == 0
