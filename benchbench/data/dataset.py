@@ -16,7 +16,7 @@ Built in:
   (the legacy RandomState stream is stable across numpy versions). Every model is trained on ``train``;
   every acceptance check, hyper-parameter and stopping choice is made on ``val``; only ``bench run`` reads
   ``test``.
-* ``cifar10``: the python-pickle batches (``cifar-10-batches-py/``) read by torchvision's ``CIFAR10``.
+* ``cifar10``: the python-pickle batches (``cifar-10-batches-py/``), read with a restricted unpickler.
 * ``imagenet64``: the downsampled ImageNet 64×64 validation set (``Imagenet64_val_npz``).
 * ``imagefolder:PATH[:size=N]``: one sub-folder per class, images resized to N×N.
 """

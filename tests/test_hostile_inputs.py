@@ -1,0 +1,150 @@
+"""Hostile inputs to datasets, runs and plugins: each gets one line on stderr and a non-zero exit, runs no
+code from a data file, and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from realworld import write_cifar10, write_imagenet64  # noqa: E402
+
+from benchbench.cli import main  # noqa: E402
+from benchbench.data.dataset import get_dataset  # noqa: E402
+from benchbench.errors import BenchError  # noqa: E402
+
+TINY = ["--num-images", "1", "--sigmas", "0.5", "--n0", "2", "--n", "4", "--no-report"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --- CIFAR-10 pickles ------------------------------------------------------------------------------------
+
+
+class _Marker:
+    """Unpickling this creates a file: what a crafted batch would do with os.system instead."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_without_running_it(capsys, tmp_path):
+    write_cifar10(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(pickle.dumps({"data": _Marker(marker), "labels": [0] * 10}))
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                        "--purifiers", "identity", *TINY, "--out", str(out))
+    line = one_line(err)
+    assert code == 2 and str(batch) in line and "references io.open" in line
+    assert not marker.exists() and not out.exists()
+
+
+def _py2_str(b: bytes) -> bytes:
+    return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<i", len(b)) + b)
+
+
+def _py2_int(v: int) -> bytes:
+    return b"K" + bytes([v]) if 0 <= v < 256 else b"J" + struct.pack("<i", v)
+
+
+def _py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled the way the release's were (Python 2, protocol 2): str as BINSTRING, the array by
+    numpy.core.multiarray._reconstruct with a uint8 dtype."""
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_int(0) + b"\x85" + _py2_str(b"b")
+             + b"\x87R(" + _py2_int(1) + _py2_int(data.shape[0]) + _py2_int(data.shape[1]) + b"\x86"
+             + b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R(" + _py2_int(3)
+             + _py2_str(b"|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb\x89"
+             + _py2_str(data.tobytes()) + b"tb")
+    return (b"\x80\x02}q\x00(" + _py2_str(b"data") + array + _py2_str(b"labels") + b"](" +
+            b"".join(_py2_int(v) for v in labels) + b"e" + _py2_str(b"batch_label") + _py2_str(b"testing") + b"u.")
+
+
+def test_the_release_pickle_format_still_loads(tmp_path):
+    write_cifar10(tmp_path)  # the fixtures: Python 3 pickles (protocol 5)
+    data = np.random.RandomState(3).randint(0, 256, (10, 3072)).astype(np.uint8)
+    labels = [int(v) for v in np.random.RandomState(4).randint(0, 10, 10)]
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(_py2_batch(data, labels))
+    assert pickle.loads(_py2_batch(data, labels), encoding="latin1")["labels"] == labels  # the builder is right
+    test = get_dataset("cifar10", "test", data_dir=tmp_path)
+    assert test.labels.tolist() == labels
+    assert test.images.mul(255).round().to(dtype=test.images.dtype).numpy().reshape(10, 3072).tolist() == \
+        data.astype(np.float32).tolist()
+    assert len(get_dataset("cifar10", "train", data_dir=tmp_path)) == 18  # protocol-5 batches beside it
+
+
+def test_a_cifar_array_of_another_dtype_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(pickle.dumps({"data": np.zeros((10, 3072), np.float32), "labels": [0] * 10}))
+    with pytest.raises(BenchError, match="dtype"):
+        get_dataset("cifar10", "test", data_dir=tmp_path)
+
+
+def test_a_cifar_label_outside_the_classes_is_refused_on_load(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    entry = pickle.loads(batch.read_bytes())
+    entry["labels"][3] = 99
+    batch.write_bytes(pickle.dumps(entry))
+    with pytest.raises(BenchError, match=r"row 3 has label 99, not a class \(0…9\)") as info:
+        get_dataset("cifar10", "test", data_dir=tmp_path)
+    assert str(batch) in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+# --- ImageNet-64 npz and image folders ------------------------------------------------------------------
+
+
+def _npz(root: Path, data: np.ndarray, labels: np.ndarray) -> Path:
+    (root / "Imagenet64_val_npz").mkdir(parents=True)
+    np.savez(root / "Imagenet64_val_npz" / "val_data.npz", data=data, labels=labels)
+    return root
+
+
+def test_imagenet64_float_data_is_refused_not_divided_by_255(capsys, tmp_path):
+    data = np.random.RandomState(0).rand(2, 12288).astype(np.float32)  # [0, 1]: /255 would make black images
+    _npz(tmp_path / "data", data, np.array([1, 2]))
+    code, err = run_cli(capsys, "run", "--dataset", "imagenet64", "--data-dir", str(tmp_path / "data"),
+                        "--purifiers", "identity", *TINY, "--out", str(tmp_path / "run"))
+    assert code == 2 and "dtype float32" in one_line(err) and "uint8" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_imagenet64_npz_is_one_clear_line(capsys, tmp_path):
+    _npz(tmp_path / "data", np.zeros((0, 12288), np.uint8), np.zeros(0, np.int64))
+    code, err = run_cli(capsys, "run", "--dataset", "imagenet64", "--data-dir", str(tmp_path / "data"),
+                        "--purifiers", "identity", *TINY, "--out", str(tmp_path / "run"))
+    assert code == 2 and "holds no images" in one_line(err) and "unexpected" not in err
+
+
+def test_a_truncated_image_is_named_and_not_called_resumable(capsys, tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (10, 200, 30)).save(tmp_path / "imgs" / cls / "x.png")
+    bad = tmp_path / "imgs" / "b" / "x.png"
+    bad.write_bytes(bad.read_bytes()[:-40])  # cut inside the image data
+    code, err = run_cli(capsys, "run", "--dataset", f"imagefolder:{tmp_path / 'imgs'}", "--classifier", "digits",
+                        "--purifiers", "identity", *TINY, "--out", str(tmp_path / "run"))
+    line = one_line(err)
+    assert code == 2 and str(bad) in line and "replace or remove" in line and "resumes" not in line
+    assert not (tmp_path / "run").exists()
