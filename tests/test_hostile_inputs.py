@@ -148,3 +148,38 @@ def test_a_truncated_image_is_named_and_not_called_resumable(capsys, tmp_path):
     line = one_line(err)
     assert code == 2 and str(bad) in line and "replace or remove" in line and "resumes" not in line
     assert not (tmp_path / "run").exists()
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+def test_a_full_run_with_a_torchscript_classifier(capsys, tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.warns(FutureWarning):  # torch deprecates scripting; its users still ship such files
+        torch.jit.save(torch.jit.script(net), str(tmp_path / "clf.pt"))
+    out = tmp_path / "run"
+    code = main(["run", "--purifiers", "identity,ddpm", "--classifier", f"torchscript:{tmp_path / 'clf.pt'}",
+                 "--num-images", "2", "--sigmas", "0.5", "--n0", "2", "--n", "4", "--no-report", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err.strip() == ""  # not even torch's deprecation notice
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert len(summary) == 3  # a row per purifier: both certified with it
+    config = (out / "config.json").read_text()
+    assert "torchscript:" in config
+
+
+def test_a_missing_weights_file_is_exactly_one_line(capsys, tmp_path):
+    import shutil
+
+    from benchbench.models.store import embedded_path
+
+    folder = tmp_path / "ddpm"
+    shutil.copytree(embedded_path("digits", "ddpm"), folder)
+    for weights in folder.rglob("*.safetensors"):
+        weights.unlink()
+    code, err = run_cli(capsys, "run", "--purifiers", f"ddpm:model={folder}", *TINY, "--out", str(tmp_path / "r"))
+    assert code == 2 and "incomplete ddpm checkpoint" in one_line(err)
