@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from benchbench.errors import BenchError, InvalidArgument, first_line
+from benchbench.errors import BenchError, InvalidArgument, plugin_failure
 from benchbench.plugins import Registry
 
 ENTRY_POINT_GROUP = "benchbench.purifiers"
@@ -213,9 +213,9 @@ def get_purifier(name: str, **params: Any) -> Purifier:
         purifier = factory(**call)
     except BenchError:
         raise
-    except Exception as exc:  # a plugin's bug: one line naming it, not a traceback
-        raise BenchError(f"purifier {name!r} could not be built: {type(exc).__name__}: "
-                         f"{first_line(exc, '(no message)')}") from exc
+    except (Exception, SystemExit) as exc:  # a plugin's bug: one line naming it, not a traceback
+        raise BenchError(f"purifier {name!r} could not be built: {plugin_failure(exc).removeprefix('raised ')}") \
+            from exc
     check_protocol(name, purifier)
     return purifier
 

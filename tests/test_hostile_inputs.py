@@ -183,3 +183,32 @@ def test_a_missing_weights_file_is_exactly_one_line(capsys, tmp_path):
         weights.unlink()
     code, err = run_cli(capsys, "run", "--purifiers", f"ddpm:model={folder}", *TINY, "--out", str(tmp_path / "r"))
     assert code == 2 and "incomplete ddpm checkpoint" in one_line(err)
+
+
+# --- plugins ---------------------------------------------------------------------------------------------
+
+
+def test_a_purifier_calling_sys_exit_before_the_run_is_refused(capsys, tmp_path):
+    import fault_bench  # noqa: F401  (registers the broken purifiers)
+
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "run", "--purifiers", "identity,exits", *TINY, "--out", str(out))
+    line = one_line(err)
+    assert code == 2 and "purifier 'exits' at σ=0.5, image 0 called sys.exit(0)" in line
+    assert not out.exists()
+
+
+def test_a_purifier_calling_sys_exit_mid_run_is_stopped_and_the_others_finish(capsys, tmp_path):
+    import fault_bench  # noqa: F401
+
+    out = tmp_path / "run"
+    # Batch 6 = n0 + n: one image per call, so the pre-run check and image 0 are calls 1 and 2.
+    code = main(["run", "--purifiers", "late-exit,identity", "--num-images", "2", "--sigmas", "0.5", "--n0", "2",
+                 "--n", "4", "--batch-size", "6", "--no-report", "--out", str(out)])
+    captured = capsys.readouterr()
+    line = one_line(captured.err)
+    assert code == 1
+    assert "purifier 'late-exit' at σ=0.5, image 225 called sys.exit(0)" in line and "was stopped" in line
+    assert "| identity" in captured.out and "| late-exit" in captured.out  # the summary is printed
+    summary = (out / "summary.csv").read_text()
+    assert "identity,0.5,2," in summary and "late-exit,0.5,1," in summary

@@ -26,7 +26,8 @@ from benchbench.smoothing.certify import ABSTAIN, certificate_from_counts, certi
     noisy_batches
 from benchbench.data.dataset import ImageDataset, dataset_info, default_data_dir, get_dataset
 from benchbench.run.environment import environment
-from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line
+from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line, \
+    plugin_failure
 from benchbench.run.executors import EXECUTORS, run_local, run_ray
 from benchbench.results.lock import RunLock, check_unlocked
 from benchbench.models.store import fingerprint, load_classifier
@@ -143,6 +144,8 @@ def check_classifier(classifier: torch.nn.Module, ref: str, test: Any) -> None:
     with torch.no_grad():
         try:
             out = classifier(test.images[:1].to(device))
+        except SystemExit as exc:
+            raise BenchError(f"classifier {ref!r} {plugin_failure(exc)} on its first batch") from None
         except Exception as exc:  # a network built for other inputs fails in its own way
             raise BenchError(f"classifier {ref!r} cannot take {_image_shape(test)} images of dataset "
                              f"{test.name!r}: {first_line(exc, repr(exc))}") \
@@ -352,16 +355,14 @@ def _classify_chunk(ctx: Context, label: str, sigma: float, batch: torch.Tensor,
             out = checked_purify(purifier, batch, sigma, noise)
         except OutputError as exc:
             raise PluginFault(f"{where(exc.row)}: {exc.reason}") from None
-        except Exception as exc:  # a plugin's bug or refusal: one line naming it, the σ and the image
+        except (Exception, SystemExit) as exc:  # a plugin's bug or refusal: one line naming it, σ and image
             _raise_if_oom(exc, where(None))
-            raise PluginFault(f"{where(None)} raised {type(exc).__name__}: "
-                              f"{first_line(exc, '(no message)')}") from exc
+            raise PluginFault(f"{where(None)} {plugin_failure(exc)}") from exc
         try:
             logits = classifier(out)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             _raise_if_oom(exc, where(None))
-            raise PluginFault(f"classifier {classifier_ref!r} on {where(None)} raised {type(exc).__name__}: "
-                              f"{first_line(exc, '(no message)')}") from exc
+            raise PluginFault(f"classifier {classifier_ref!r} on {where(None)} {plugin_failure(exc)}") from exc
     try:
         logits = check_logits(logits, len(out), ctx.test.num_classes)
     except OutputError as exc:
