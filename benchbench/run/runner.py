@@ -14,6 +14,7 @@ writes nothing; only then does :func:`run` create files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from benchbench.data.dataset import ImageDataset, dataset_info, default_data_dir
 from benchbench.run.environment import environment
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line, \
     plugin_failure
-from benchbench.run.executors import EXECUTORS, run_local, run_ray
+from benchbench.run.executors import EXECUTORS, check_reachable, ray_cluster, run_local, run_ray
 from benchbench.results.lock import RunLock, check_unlocked
 from benchbench.models.store import fingerprint, load_classifier
 from benchbench.smoothing.nfe import ForwardCounter
@@ -449,10 +450,14 @@ def run(config: RunConfig) -> RunResult:
 
     A purifier that breaks its contract mid-run is stopped (its reason in ``failures``); the others go on.
     """
+    if config.executor == "ray":
+        check_reachable(config.address)  # before the models load: a typo in --address is answered at once
     p = prepare(config)
-    open_run_dir(p.run_dir, p.run_config)  # every check has passed: now the directory may be created
-    with RunLock(p.run_dir):
-        return _execute(p)
+    # A Ray cluster is reached before anything is written: an unreachable one refuses the run, not a row.
+    with ray_cluster(config.address) if config.executor == "ray" else contextlib.nullcontext():
+        open_run_dir(p.run_dir, p.run_config)  # every check has passed: now the directory may be created
+        with RunLock(p.run_dir):
+            return _execute(p)
 
 
 def _execute(p: Prepared) -> RunResult:
