@@ -212,3 +212,93 @@ def test_a_purifier_calling_sys_exit_mid_run_is_stopped_and_the_others_finish(ca
     assert "| identity" in captured.out and "| late-exit" in captured.out  # the summary is printed
     summary = (out / "summary.csv").read_text()
     assert "identity,0.5,2," in summary and "late-exit,0.5,1," in summary
+
+
+# --- executors -------------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_ray_address_is_refused_before_anything_is_written(tmp_path):
+    import os
+    import subprocess
+
+    pytest.importorskip("ray", reason="the test extra installs ray")
+    from conftest import BENCH
+
+    out = tmp_path / "run"
+    # Port 1 on loopback: nothing listens there. Ray itself would retry it for minutes, printing as it goes.
+    proc = subprocess.run([*BENCH, "run", "--purifiers", "identity", *TINY, "--executor", "ray", "--address",
+                           "127.0.0.1:1", "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = one_line(proc.stderr)
+    assert proc.returncode == 2 and "cannot reach a Ray cluster at 127.0.0.1:1" in line
+    assert not out.exists()
+
+
+def test_a_ray_address_check_needs_no_cluster():
+    from benchbench.run.executors import check_reachable
+
+    with pytest.raises(BenchError, match="cannot reach a Ray cluster at ray://127.0.0.1:1"):
+        check_reachable("ray://127.0.0.1:1", timeout=2)
+    check_reachable(None)
+    check_reachable("auto")  # left to Ray: it finds a running cluster on this machine
+
+
+# --- the data a run certified ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cifar_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two CIFAR-10-format folders with the same layout and meta but other images and labels, and a
+    TorchScript classifier for them."""
+    import warnings
+
+    import torch
+
+    root = tmp_path_factory.mktemp("cifar")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10))),
+                       str(root / "clf.pt"))
+    return {"a": write_cifar10(root / "a", seed=0), "b": write_cifar10(root / "b", seed=1),
+            "classifier": root / "clf.pt"}
+
+
+def _cifar_run(cifar_runs: dict[str, Path], data: str, out: Path, *extra: str) -> list[str]:
+    return ["run", "--dataset", "cifar10", "--data-dir", str(cifar_runs[data]), "--classifier",
+            f"torchscript:{cifar_runs['classifier']}", "--purifiers", "identity", "--num-images", "2", "--sigmas",
+            "0.5", "--n0", "2", "--n", "4", "--no-report", "--out", str(out), *extra]
+
+
+def test_resuming_on_other_data_is_refused_and_changes_nothing(capsys, tmp_path, cifar_runs):
+    out = tmp_path / "run"
+    assert main(_cifar_run(cifar_runs, "a", out)) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run_cli(capsys, *_cifar_run(cifar_runs, "b", out))
+    assert code == 2 and "holds a run with a different config (data_hash:" in one_line(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(_cifar_run(cifar_runs, "a", out)) == 0  # the same data resumes (nothing left to do)
+
+
+def test_merging_shards_run_on_other_data_is_refused(capsys, tmp_path, cifar_runs):
+    assert main(_cifar_run(cifar_runs, "a", tmp_path / "s1", "--shard", "1/2")) == 0
+    assert main(_cifar_run(cifar_runs, "b", tmp_path / "s2", "--shard", "2/2")) == 0
+    capsys.readouterr()
+    code, err = run_cli(capsys, "merge", "--no-report", "--out", str(tmp_path / "merged"), str(tmp_path / "s1"),
+                        str(tmp_path / "s2"))
+    assert code == 2 and "holds a different experiment" in one_line(err) and "data_hash" in err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_the_data_hash_follows_pixels_and_labels_only(tmp_path):
+    write_cifar10(tmp_path / "a", seed=0)
+    test = get_dataset("cifar10", "test", data_dir=tmp_path / "a")
+    same = get_dataset("cifar10", "test", data_dir=tmp_path / "a")
+    assert test.content_hash([0, 5]) == same.content_hash([0, 5]) != test.content_hash([0, 6])
+    labels, images = test.labels.clone(), test.images.clone()
+    labels[5] = (labels[5] + 1) % 10
+    images[0, 2, 31, 31] += 1 / 255
+    for other in (type(test)(test.name, "test", test.images, labels, 10), type(test)(test.name, "test", images,
+                                                                                     test.labels, 10)):
+        assert other.content_hash([0, 5]) != test.content_hash([0, 5])

@@ -283,6 +283,8 @@ def prepare(config: RunConfig) -> Prepared:
                        or fingerprint(ctx.classifier_ref, "classifier")},
         # what the data is (e.g. the official release or not); where it lies is environment, not experiment
         "data": {k: v for k, v in ctx.test.meta.items() if k != "source"},
+        # what the data holds: resuming or merging with other images or labels (another --data-dir) is refused
+        "data_hash": ctx.test.content_hash(ctx.indices),
     }
     extra: dict[str, Any] = {"preset": config.preset, "batch_size": config.batch_size, "executor": config.executor,
                              "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
