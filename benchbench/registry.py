@@ -155,6 +155,8 @@ class PurifierSpec:
             if key not in known:
                 accepted = ", ".join(known) or "none"
                 raise InvalidArgument(f"purifier {name!r} has no parameter {key!r} (accepted: {accepted})")
+            if key in given:  # which one was meant is a guess; the last one silently won
+                raise InvalidArgument(f"parameter {key!r} given twice in {text!r}")
             given[key] = known[key].parse(value)
         ordered = {k: given[k] for k in known if k in given}
         spec = cls(name, ordered)

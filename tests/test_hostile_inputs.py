@@ -302,3 +302,20 @@ def test_the_data_hash_follows_pixels_and_labels_only(tmp_path):
     for other in (type(test)(test.name, "test", test.images, labels, 10), type(test)(test.name, "test", images,
                                                                                      test.labels, 10)):
         assert other.content_hash([0, 5]) != test.content_hash([0, 5])
+
+
+# --- flags -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--purifiers", "sde:steps=2:steps=3"], "parameter 'steps' given twice in 'sde:steps=2:steps=3'"),
+    (["--purifiers", "identity", "--num-images", "10", "--skip", "100"],
+     "--skip 100 over the 450 test images gives 5 images, not the 10 asked for"),
+    (["--purifiers", "consistency", "--sigmas", "100"], "needs noise level 2σ=200, above this consistency model's "
+                                                        "σ_max=90"),
+])
+def test_flags_that_were_silently_reinterpreted_are_refused(capsys, tmp_path, argv, match):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "run", *argv, "--n0", "2", "--n", "4", "--no-report", "--out", str(out))
+    assert code == 2 and match in one_line(err)
+    assert not out.exists()

@@ -251,6 +251,9 @@ def prepare(config: RunConfig) -> Prepared:
     check_output_location(run_dir)
     check_unlocked(run_dir)
     ctx = build_context(config, device)
+    if config.skip is not None and len(ctx.indices) < config.num_images:
+        raise InvalidArgument(f"--skip {config.skip} over the {len(ctx.test):,} test images gives {len(ctx.indices)} "
+                              f"images, not the {config.num_images} asked for; lower --skip or --num-images")
     files = [
         {"purifier": spec.label, "sigma": sigma, "file": tsv_name(spec.label, sigma)}
         for spec in config.purifiers
