@@ -154,6 +154,8 @@ def test_a_truncated_image_is_named_and_not_called_resumable(capsys, tmp_path):
 
 
 def test_a_full_run_with_a_torchscript_classifier(capsys, tmp_path):
+    import warnings
+
     import torch
 
     torch.manual_seed(0)
@@ -161,15 +163,30 @@ def test_a_full_run_with_a_torchscript_classifier(capsys, tmp_path):
     with pytest.warns(FutureWarning):  # torch deprecates scripting; its users still ship such files
         torch.jit.save(torch.jit.script(net), str(tmp_path / "clf.pt"))
     out = tmp_path / "run"
-    code = main(["run", "--purifiers", "identity,ddpm", "--classifier", f"torchscript:{tmp_path / 'clf.pt'}",
-                 "--num-images", "2", "--sigmas", "0.5", "--n0", "2", "--n", "4", "--no-report", "--out", str(out)])
+    with warnings.catch_warnings(record=True) as caught:  # what the console script would print on stderr
+        warnings.simplefilter("always")
+        code = main(["run", "--purifiers", "identity,ddpm", "--classifier", f"torchscript:{tmp_path / 'clf.pt'}",
+                     "--num-images", "2", "--sigmas", "0.5", "--n0", "2", "--n", "4", "--no-report", "--out",
+                     str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert captured.err.strip() == ""  # not even torch's deprecation notice
+    assert captured.err.strip() == "" and [str(w.message) for w in caught] == []  # not even torch's notice
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 3  # a row per purifier: both certified with it
     config = (out / "config.json").read_text()
     assert "torchscript:" in config
+
+
+def test_a_file_that_is_not_torchscript_is_exactly_one_line(capsys, tmp_path):
+    import warnings
+
+    (tmp_path / "clf.pt").write_bytes(b"not a TorchScript archive")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = run_cli(capsys, "run", "--purifiers", "identity", "--classifier",
+                            f"torchscript:{tmp_path / 'clf.pt'}", *TINY, "--out", str(tmp_path / "r"))
+    assert code == 2 and "is not a TorchScript file" in one_line(err)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_a_missing_weights_file_is_exactly_one_line(capsys, tmp_path):
