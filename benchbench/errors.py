@@ -8,6 +8,14 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     return lines[0] if lines else (type(exc).__name__ if default is None else default)
 
 
+def plugin_failure(exc: BaseException) -> str:
+    """What a plugin did wrong, for a one-line error: ``raised T: message``, or ``called sys.exit(code)``
+    (a SystemExit inside a plugin is its fault, not the end of ``bench``)."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"raised {type(exc).__name__}: {first_line(exc, '(no message)')}"
+
+
 class BenchError(Exception):
     """A problem with what the user asked for (bad name, bad value, bad file), not a bug in benchbench."""
 

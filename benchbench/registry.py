@@ -26,7 +26,7 @@ from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar, runtime_
 
 import torch
 
-from benchbench.errors import BenchError, InvalidArgument, UnknownName, first_line
+from benchbench.errors import BenchError, InvalidArgument, UnknownName, plugin_failure
 
 T = TypeVar("T")
 
@@ -221,6 +221,8 @@ class PurifierSpec:
             if key not in known:
                 accepted = ", ".join(known) or "none"
                 raise InvalidArgument(f"purifier {name!r} has no parameter {key!r} (accepted: {accepted})")
+            if key in given:  # which one was meant is a guess; the last one silently won
+                raise InvalidArgument(f"parameter {key!r} given twice in {text!r}")
             given[key] = known[key].parse(value)
         ordered = {k: given[k] for k in known if k in given}
         spec = cls(name, ordered)
@@ -279,9 +281,9 @@ def get_purifier(name: str, **params: Any) -> Purifier:
         purifier = factory(**call)
     except BenchError:
         raise
-    except Exception as exc:  # a plugin's bug: one line naming it, not a traceback
-        raise BenchError(f"purifier {name!r} could not be built: {type(exc).__name__}: "
-                         f"{first_line(exc, '(no message)')}") from exc
+    except (Exception, SystemExit) as exc:  # a plugin's bug: one line naming it, not a traceback
+        raise BenchError(f"purifier {name!r} could not be built: {plugin_failure(exc).removeprefix('raised ')}") \
+            from exc
     check_protocol(name, purifier)
     return purifier
 

@@ -117,6 +117,9 @@ class ConsistencyBase:
 
     @torch.no_grad()
     def __call__(self, x_noisy: torch.Tensor, sigma: float, noise: CopyNoise | None = None) -> torch.Tensor:
+        if 2 * sigma > self.model.sigma_max * (1 + 1e-9):  # beyond every level it was trained on, in any mode
+            raise InvalidArgument(f"σ={sigma:g} needs noise level 2σ={2 * sigma:g}, above this {self.kind} "
+                                  f"model's σ_max={self.model.sigma_max:g}")
         self._warn_once(sigma)
         labels = self.classifier(x_noisy).argmax(1) if self.classifier is not None else None
         return purify(self.model, x_noisy, sigma, noise, self.steps, labels, mode=self.sigma_mode)

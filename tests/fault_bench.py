@@ -55,6 +55,23 @@ def _late_nan(x: torch.Tensor) -> torch.Tensor:
 _simple("late-nan", _late_nan)
 
 
+@register_purifier("late-exit")
+class LateExit(_Base):
+    """fault: calls sys.exit(0) from its third call on (after the pre-run check and the first image)"""
+
+    def __init__(self, device: str = "cpu", dataset: str = "digits"):
+        self.calls = 0
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        if self.calls > 2:
+            sys.exit(0)
+        return x.clamp(0, 1)
+
+
+_simple("exits", lambda x: sys.exit(0))
+
+
 @register_purifier("factory-raises")
 class FactoryRaises(_Base):
     """fault: its constructor raises"""

@@ -16,7 +16,7 @@ Built in:
   (the legacy RandomState stream is stable across numpy versions). Every model is trained on ``train``;
   every acceptance check, hyper-parameter and stopping choice is made on ``val``; only ``bench run`` reads
   ``test``.
-* ``cifar10``: the python-pickle batches (``cifar-10-batches-py/``) read by torchvision's ``CIFAR10``.
+* ``cifar10``: the python-pickle batches (``cifar-10-batches-py/``), read with a restricted unpickler.
 * ``imagenet64``: the downsampled ImageNet 64×64 validation set (``Imagenet64_val_npz``).
 * ``imagenet[:size=N][:resize=M]``: the full-resolution ILSVRC2012 validation set (torchvision's
   ``ImageNet`` layout or a class-folder tree), shorter side resized to M then centre-cropped to N×N,
@@ -27,6 +27,7 @@ Built in:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -105,6 +106,18 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def content_hash(self, indices: list[int]) -> str:
+        """``sha256:…`` over the images and labels at ``indices`` (shape, float32 pixels, int64 labels, all
+        little-endian): the same on every machine for the same data, different for any other pixel or
+        label. Recorded in a run's experiment, so rows certified on other data are never mixed in."""
+        digest = hashlib.sha256()
+        images = self.images[indices].detach().cpu().contiguous().to(torch.float32).numpy().astype("<f4")
+        labels = self.labels[indices].detach().cpu().to(torch.int64).numpy().astype("<i8")
+        digest.update(repr(tuple(images.shape)).encode())
+        digest.update(images.tobytes())
+        digest.update(labels.tobytes())
+        return "sha256:" + digest.hexdigest()
 
 
 Loader = Callable[..., ImageDataset]

@@ -6,16 +6,17 @@ same way a third-party package adds one. Every loader returns images in [0, 1], 
 
 from __future__ import annotations
 
-import os
 import pickle
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from benchbench.data.dataset import ImageDataset, register_dataset
 from benchbench.data.imagenet import centre_crop, parse_options, positive_int
-from benchbench.errors import BenchError, InvalidArgument
+from benchbench.errors import BenchError, InvalidArgument, first_line
 
 # The paper's CIFAR-10 models (see the README for what was checked about each).
 CIFAR10_CLASSIFIER = "hf:aaraki/vit-base-patch16-224-in21k-finetuned-cifar10"
@@ -25,60 +26,124 @@ IMAGENET64_CONSISTENCY = "openai/diffusers-cd_imagenet64_lpips"
 CIFAR10_VAL_FRACTION = 0.1  # the last 10% of the 50,000 training images (5,000) are `val`
 
 
-def _cifar10_reader():
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 python batch admitting only what the release's pickles reference: numpy's array
+    reconstruction (``_reconstruct`` for the release's protocol-2 pickles, ``_frombuffer`` for protocol 5),
+    ``ndarray``, a uint8 ``dtype``, and ``_codecs.encode`` (bytes in protocol-2 pickles written by Python 3).
+    dict, list, str, bytes and int need no global. Anything else (``os.system``, ``builtins.open``, …) is
+    refused before it runs: a data file must never execute code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) == ("numpy", "dtype"):
+            return _uint8_dtype
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it references {module}.{name}, which the CIFAR-10 release never does")
+
+
+def _uint8_dtype(spec: object, align: bool = False, copy: bool = False) -> np.dtype:
+    # The release's arrays are uint8; an object or other dtype would let a file smuggle in other values.
+    if spec not in ("u1", "|u1", "uint8"):
+        raise pickle.UnpicklingError(f"it holds an array of dtype {spec!r}; the release holds uint8 only")
+    return np.dtype("u1", align, copy)
+
+
+def _load_pickle(path: Path) -> object:
+    """One CIFAR-10 pickle read with :class:`_CifarUnpickler`; a file it refuses is one BenchError line."""
+    try:
+        with open(path, "rb") as fh:
+            return _CifarUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, UnicodeDecodeError) as exc:
+        raise BenchError(f"cifar10: {path} is not in the CIFAR-10 python format ({type(exc).__name__}: "
+                         f"{first_line(exc)}); replace it with the release's file") from None
+    except OSError as exc:
+        raise BenchError(f"cifar10: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _read_batch(path: Path, classes: int = 10) -> tuple[np.ndarray, list[int]]:
+    """``data`` (N, 3072) uint8 and ``labels`` (N ints in 0…classes−1) of one batch file, every field
+    checked: a label outside the classes would be certified as if it were one."""
+    entry = _load_pickle(path)
+    data = entry.get("data") if isinstance(entry, dict) else None
+    labels = entry.get("labels") if isinstance(entry, dict) else None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise BenchError(f"cifar10: {path} holds no 'data' array of shape (N, 3072) uint8; replace it with the "
+                         f"release's file")
+    if not (isinstance(labels, list) and len(labels) == len(data)
+            and all(type(v) is int for v in labels)):  # noqa: E721 (bool is no label)
+        raise BenchError(f"cifar10: {path} holds no list of {len(data)} integer 'labels'; replace it with the "
+                         f"release's file")
+    bad = next((i for i, v in enumerate(labels) if not 0 <= v < classes), None)
+    if bad is not None:
+        raise BenchError(f"cifar10: {path} row {bad} has label {labels[bad]}, not a class (0…{classes - 1}); "
+                         f"replace it with the release's file")
+    return data, labels
+
+
+def _cifar10_files() -> Any:
+    # torchvision's CIFAR10 knows the release's file names, md5s and download URL; its reader unpickles
+    # the files as they are, so benchbench reads them itself (:class:`_CifarUnpickler`).
     from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import check_integrity
 
-    class CIFAR10Format(CIFAR10):
-        """torchvision's CIFAR10 reader, accepting any files in the python-pickle format: torchvision
-        refuses files whose md5 is not the release's (a test's fixture, a re-pickled copy); whether they
-        are the release is reported by :meth:`official` instead."""
+    return CIFAR10
 
-        def _files(self) -> list[tuple[str, str]]:
-            return [*self.train_list, *self.test_list, (self.meta["filename"], self.meta["md5"])]
 
-        def _check_integrity(self) -> bool:
-            return all(check_integrity(os.path.join(self.root, self.base_folder, f)) for f, _ in self._files())
+def _read_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, list[int], list[str], bool]:
+    """(images (N, 3, 32, 32) uint8, labels, class names, whether every file has the release's md5) from
+    ``root/cifar-10-batches-py``; ``download`` fetches and unpacks the release there first."""
+    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-        def _load_meta(self) -> None:
-            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            with open(path, "rb") as fh:
-                self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-        def official(self) -> bool:
-            return all(check_integrity(os.path.join(self.root, self.base_folder, f), md5) for f, md5 in self._files())
-
-    return CIFAR10Format
+    ref = _cifar10_files()
+    folder = root / ref.base_folder
+    every = [*ref.train_list, *ref.test_list, (ref.meta["filename"], ref.meta["md5"])]
+    if download and not all((folder / f).is_file() for f, _ in every):
+        download_and_extract_archive(ref.url, str(root), filename=ref.filename, md5=ref.tgz_md5)
+    if not all((folder / f).is_file() for f, _ in every):
+        raise FileNotFoundError(folder)
+    data, labels = [], []
+    for name, _ in ref.train_list if train else ref.test_list:
+        d, lab = _read_batch(folder / name)
+        data.append(d)
+        labels.extend(lab)
+    meta = _load_pickle(folder / ref.meta["filename"])
+    names = meta.get(ref.meta["key"]) if isinstance(meta, dict) else None
+    if not (isinstance(names, list) and len(names) == 10 and all(isinstance(n, str) for n in names)):
+        raise BenchError(f"cifar10: {folder / ref.meta['filename']} holds no list of 10 class names "
+                         f"({ref.meta['key']!r}); replace it with the release's file")
+    official = all(check_integrity(str(folder / f), md5) for f, md5 in every)
+    return np.vstack(data).reshape(-1, 3, 32, 32), labels, names, official
 
 
 @register_dataset("cifar10", default_classifier=CIFAR10_CLASSIFIER, default_ddpm=CIFAR10_DDPM)
 def load_cifar10(split: str, data_dir: str = "data", download: bool = False) -> ImageDataset:
-    """CIFAR-10 from ``data_dir/cifar-10-batches-py/`` (torchvision's layout; ``download`` fetches it there).
+    """CIFAR-10 from ``data_dir/cifar-10-batches-py/`` (the release's layout; ``download`` fetches it there).
 
     ``test``: the 10,000 test images. ``val``: the last 10% of the 50,000 training images (5,000), fixed;
-    ``train``: the rest. ``meta.official`` says whether every file has the release's md5.
+    ``train``: the rest. ``meta.official`` says whether every file has the release's md5. The pickles are
+    read with an unpickler that admits only the release's types, and every label must be 0…9: a file that
+    fails is one BenchError line.
     """
-    reader = _cifar10_reader()
-    folder = Path(data_dir) / reader.base_folder
+    folder = Path(data_dir) / _cifar10_files().base_folder
     try:
-        ds = reader(data_dir, train=split != "test", download=download)
-    except RuntimeError:
+        data, targets, classes, official = _read_cifar10(Path(data_dir), split != "test", download)
+    except FileNotFoundError:
         raise BenchError(f"cifar10: {folder} does not hold the python-pickle batches (data_batch_1..5, "
                          f"test_batch, batches.meta); pass --data-dir DIR holding cifar-10-batches-py/, or "
                          f"--download when online") from None
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise BenchError(f"cifar10: {folder} is not in the CIFAR-10 python format ({type(exc).__name__}: {exc})") \
-            from None
-    except OSError as exc:  # download asked for with no network
-        raise BenchError(f"cifar10: cannot download to {folder}: {exc}") from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div(255)
-    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
+    except (OSError, RuntimeError) as exc:  # download asked for with no network, or a bad archive
+        raise BenchError(f"cifar10: cannot download to {folder}: {first_line(exc)}") from None
+    images = torch.from_numpy(data).float().div(255)
+    labels = torch.as_tensor(targets, dtype=torch.int64)
     if split != "test":
         cut = len(labels) - int(round(len(labels) * CIFAR10_VAL_FRACTION))
         part = slice(cut, None) if split == "val" else slice(None, cut)
         images, labels = images[part], labels[part]
-    meta = {"source": str(folder.resolve()), "official": ds.official(), "classes": list(ds.classes)}
+    meta = {"source": str(folder.resolve()), "official": official, "classes": list(classes)}
     return ImageDataset("cifar10", split, images.contiguous(), labels, 10, meta)
 
 
@@ -161,11 +226,22 @@ def load_imagenet64(split: str, data_dir: str = "data", arg: str | None = None) 
     try:
         with np.load(path) as npz:
             data, raw = npz["data"], np.asarray(npz["labels"]).reshape(-1)
-    except (KeyError, ValueError, OSError) as exc:
-        raise BenchError(f"imagenet64: {path} is not an Imagenet64 npz with 'data' and 'labels' ({exc})") from None
+    except (KeyError, ValueError, OSError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        raise BenchError(f"imagenet64: {path} is not an Imagenet64 npz with 'data' and 'labels' "
+                         f"({first_line(exc)})") from None
     if data.ndim != 2 or data.shape[1] != 3 * 64 * 64 or len(data) != len(raw):
         raise BenchError(f"imagenet64: {path} holds data of shape {data.shape} and {len(raw)} labels; expected "
                          f"(N, 12288) and N labels")
+    if len(data) == 0:
+        raise BenchError(f"imagenet64: {path} holds no images; unzip the official Imagenet64_val_npz.zip into "
+                         f"--data-dir")
+    # The release is uint8 0…255; floats (already in [0, 1], or 0…255 as float) have no single safe reading,
+    # so they are refused rather than guessed at.
+    if data.dtype != np.uint8:
+        raise BenchError(f"imagenet64: {path} holds data of dtype {data.dtype}; the official npz holds uint8 "
+                         f"0…255 (store the pixels 0…255 as uint8, or use the release's file)")
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise BenchError(f"imagenet64: labels in {path} are of dtype {raw.dtype}; expected integers 1…1000")
     if raw.min() < 1 or raw.max() > 1000:
         raise BenchError(f"imagenet64: labels in {path} must be 1…1000 (got {raw.min()}…{raw.max()})")
     labels = raw.astype(np.int64) - 1
@@ -229,7 +305,13 @@ def load_imagefolder(split: str, arg: str) -> ImageDataset:
         ds = ImageFolder(str(folder), transform=transform)  # its loader converts to RGB
     except (FileNotFoundError, OSError) as exc:
         raise BenchError(f"imagefolder: {folder}: {exc}") from None
-    items = [ds[i] for i in range(len(ds))]
+    items = []
+    for i, (file, _) in enumerate(ds.samples):
+        try:
+            items.append(ds[i])
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated or corrupt files, bad headers
+            raise BenchError(f"imagefolder: cannot read {file}: {first_line(exc)}; replace or remove that "
+                             f"file") from None
     shapes = {tuple(x.shape) for x, _ in items}
     if len(shapes) > 1:
         raise InvalidArgument(f"imagefolder: images in {folder} differ in size ({len(shapes)} sizes); add :size=N")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -239,7 +240,9 @@ def torchscript_classifier(arg: str, *, device: str = "cpu", dataset: str = "dig
     if not path.is_file():
         raise CheckpointError(f"torchscript classifier {arg!r} is not a file")
     try:
-        net = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # torch's deprecation notice would add lines to one-line errors
+            warnings.simplefilter("ignore")
+            net = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{arg} is not a TorchScript file: {first_line(exc)}") from None
     return PixelClassifier(net, fingerprint=_file_sha256(path))

@@ -90,7 +90,12 @@ def hub_call(fn: Any, ref: str, kind: str, **kwargs: Any) -> Any:
         where, revision = split_revision(where)
         if revision:
             kwargs["revision"] = revision
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
     try:
+        # diffusers logs a missing weights file at ERROR before it raises: one more line than the one we print
+        diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return fn(where, **kwargs)
@@ -100,6 +105,8 @@ def hub_call(fn: Any, ref: str, kind: str, **kwargs: Any) -> Any:
                 f"cannot fetch {kind} {ref!r} from the hub (no network, or no such repo): {first_line(exc)}"
             ) from exc
         raise CheckpointError(f"corrupt or incomplete {kind} checkpoint at {where}: {first_line(exc)}") from exc
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _load(loader: Any, ref: str, kind: str, **kwargs: Any) -> Any:

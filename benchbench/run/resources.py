@@ -54,7 +54,11 @@ def available_memory(device: torch.device) -> int:
 class ActivationMeter:
     """Measures, during one small forward pass, an upper bound of the memory the networks need per input
     row: for each top-level network call, the bytes of every leaf module's outputs (all that a no-grad
-    forward can hold at once), divided by the rows of the batch that was purified."""
+    forward can hold at once), divided by the rows of the batch that was purified.
+
+    TorchScript modules refuse hooks, so they are opaque: a module whose children are all TorchScript
+    counts as a leaf (its output only), and a TorchScript network is not measured. Their activations are
+    then left out of the estimate, which is a lower bound for them."""
 
     def __init__(self, networks: Sequence[torch.nn.Module]):
         self.networks = [n for n in networks if isinstance(n, torch.nn.Module)]
@@ -77,10 +81,12 @@ class ActivationMeter:
 
     def __enter__(self) -> "ActivationMeter":
         for net in self.networks:
+            if _scripted(net):
+                continue
             self._handles.append(net.register_forward_pre_hook(self._start))
             self._handles.append(net.register_forward_hook(self._end))
             for m in net.modules():
-                if not list(m.children()):
+                if not _scripted(m) and all(_scripted(c) for c in m.children()):
                     self._handles.append(m.register_forward_hook(self._leaf_hook))
         return self
 
@@ -88,6 +94,10 @@ class ActivationMeter:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _scripted(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.jit.ScriptModule)
 
 
 def check_batch_memory(per_row: int, rows: int, device: torch.device, what: str,

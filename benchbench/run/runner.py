@@ -14,6 +14,7 @@ writes nothing; only then does :func:`run` create files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,9 @@ from benchbench.smoothing.certify import ABSTAIN, certificate_from_counts, certi
 from benchbench.data.dataset import ImageDataset, dataset_info, default_data_dir, get_dataset
 from benchbench.data.published import devkit_order_refusal
 from benchbench.run.environment import environment
-from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line
-from benchbench.run.executors import EXECUTORS, run_local, run_ray
+from benchbench.errors import BenchError, InvalidArgument, PluginFault, ResourceError, first_line, \
+    plugin_failure
+from benchbench.run.executors import EXECUTORS, check_reachable, ray_cluster, run_local, run_ray
 from benchbench.results.lock import RunLock, check_unlocked
 from benchbench.models.classifiers import load_classifier
 from benchbench.models.store import fingerprint
@@ -145,6 +147,8 @@ def check_classifier(classifier: torch.nn.Module, ref: str, test: Any) -> None:
     with torch.no_grad():
         try:
             out = classifier(test.images[:1].to(device))
+        except SystemExit as exc:
+            raise BenchError(f"classifier {ref!r} {plugin_failure(exc)} on its first batch") from None
         except Exception as exc:  # a network built for other inputs fails in its own way
             raise BenchError(f"classifier {ref!r} cannot take {_image_shape(test)} images of dataset "
                              f"{test.name!r}: {first_line(exc, repr(exc))}") \
@@ -253,6 +257,9 @@ def prepare(config: RunConfig) -> Prepared:
     check_output_location(run_dir)
     check_unlocked(run_dir)
     ctx = build_context(config, device)
+    if config.skip is not None and len(ctx.indices) < config.num_images:
+        raise InvalidArgument(f"--skip {config.skip} over the {len(ctx.test):,} test images gives {len(ctx.indices)} "
+                              f"images, not the {config.num_images} asked for; lower --skip or --num-images")
     files = [
         {"purifier": spec.label, "sigma": sigma, "file": tsv_name(spec.label, sigma)}
         for spec in config.purifiers
@@ -285,6 +292,8 @@ def prepare(config: RunConfig) -> Prepared:
                        or fingerprint(ctx.classifier_ref, "classifier")},
         # what the data is (e.g. the official release or not); where it lies is environment, not experiment
         "data": {k: v for k, v in ctx.test.meta.items() if k != "source"},
+        # what the data holds: resuming or merging with other images or labels (another --data-dir) is refused
+        "data_hash": ctx.test.content_hash(ctx.indices),
     }
     extra: dict[str, Any] = {"preset": config.preset, "batch_size": config.batch_size, "executor": config.executor,
                              "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
@@ -358,16 +367,14 @@ def _classify_chunk(ctx: Context, label: str, sigma: float, batch: torch.Tensor,
             out = checked_purify(purifier, batch, sigma, noise)
         except OutputError as exc:
             raise PluginFault(f"{where(exc.row)}: {exc.reason}") from None
-        except Exception as exc:  # a plugin's bug or refusal: one line naming it, the σ and the image
+        except (Exception, SystemExit) as exc:  # a plugin's bug or refusal: one line naming it, σ and image
             _raise_if_oom(exc, where(None))
-            raise PluginFault(f"{where(None)} raised {type(exc).__name__}: "
-                              f"{first_line(exc, '(no message)')}") from exc
+            raise PluginFault(f"{where(None)} {plugin_failure(exc)}") from exc
         try:
             logits = classifier(out)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             _raise_if_oom(exc, where(None))
-            raise PluginFault(f"classifier {classifier_ref!r} on {where(None)} raised {type(exc).__name__}: "
-                              f"{first_line(exc, '(no message)')}") from exc
+            raise PluginFault(f"classifier {classifier_ref!r} on {where(None)} {plugin_failure(exc)}") from exc
     try:
         logits = check_logits(logits, len(out), ctx.test.num_classes)
     except OutputError as exc:
@@ -454,10 +461,14 @@ def run(config: RunConfig) -> RunResult:
 
     A purifier that breaks its contract mid-run is stopped (its reason in ``failures``); the others go on.
     """
+    if config.executor == "ray":
+        check_reachable(config.address)  # before the models load: a typo in --address is answered at once
     p = prepare(config)
-    open_run_dir(p.run_dir, p.run_config)  # every check has passed: now the directory may be created
-    with RunLock(p.run_dir):
-        return _execute(p)
+    # A Ray cluster is reached before anything is written: an unreachable one refuses the run, not a row.
+    with ray_cluster(config.address) if config.executor == "ray" else contextlib.nullcontext():
+        open_run_dir(p.run_dir, p.run_config)  # every check has passed: now the directory may be created
+        with RunLock(p.run_dir):
+            return _execute(p)
 
 
 def _execute(p: Prepared) -> RunResult:
