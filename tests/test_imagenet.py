@@ -122,7 +122,7 @@ def test_bench_run_on_imagenet_certifies_only_the_selected_images(tmp_path, caps
     vit3 = save_tiny_vit(tmp_path / "vit3", num_labels=3)
     out = tmp_path / "run"
     args = ["run", "--dataset", "imagenet:size=16", "--data-dir", str(tmp_path / "data"), "--purifiers", "identity",
-            "--skip", "2", "--num-images", "10", "--n0", "4", "--n", "8", "--sigmas", "0.25", "--batch-size", "8",
+            "--skip", "2", "--num-images", "2", "--n0", "4", "--n", "8", "--sigmas", "0.25", "--batch-size", "8",
             "--alpha", "0.1", "--no-report"]
     assert main([*args, "--classifier", f"hf:{vit3}", "--out", str(out)]) == 0
     import json
