@@ -40,8 +40,8 @@ def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: 
 
     Given the run's ``n0`` and ``n`` (copies ≤ n0 + n) they are exactly certification's draws, whatever the
     image size (certification draws fixed blocks, selection then estimation). Without them ``copies`` are
-    drawn as one stream, which gives the same values whenever copies ≤ 64 and the image has a multiple of
-    16 values (torch's CPU normal sampler fills 16 at a time). ``noise_device``: where the run drew it.
+    drawn as one stream, which gives the same values whenever copies ≤ 64 on the CPU (the first rows of a
+    CPU draw do not depend on how many are drawn). ``noise_device``: where the run drew it.
     """
     gen = noise_generator(seed, idx, sigma, device=noise_device)
     if n0 is None:
@@ -59,10 +59,11 @@ def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: 
 
 
 def purify_copies(purifier: Purifier, label: str, noisy: torch.Tensor, sigma: float, *, seed: int, idx: int,
-                  first_copy: int = 0) -> torch.Tensor:
+                  first_copy: int = 0, noise_device: str = "cpu") -> torch.Tensor:
     """``purifier``'s checked output for noisy copies ``first_copy`` … of image ``idx`` — the very output
-    certification classified for those copies (a stochastic purifier gets the copies' own noise)."""
-    noise = CopyNoise.for_copies(seed, sigma, idx, range(first_copy, first_copy + len(noisy))) \
+    certification classified for those copies (a stochastic purifier gets the copies' own noise, drawn on
+    the run's ``noise_device``)."""
+    noise = CopyNoise.for_copies(seed, sigma, idx, range(first_copy, first_copy + len(noisy)), noise_device) \
         if getattr(purifier, "stochastic", False) else None
     where = f"purifier {label!r} at σ={sigma:g}, image {idx}"
     try:
@@ -108,7 +109,7 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
                                      noise_device=noise_device)
                 for start in range(0, copies, batch_size):
                     purified = purify_copies(purifier, label, noisy[start:start + batch_size], sigma, seed=seed,
-                                             idx=idx, first_copy=start)
+                                             idx=idx, first_copy=start, noise_device=noise_device)
                     votes = getattr(purifier, "votes", 1)
                     clean = x.unsqueeze(0).expand_as(purified)
                     mse.append(((purified - clean) ** 2).flatten(1).mean(1))
