@@ -12,9 +12,9 @@ turn such tuples into independent seeds, and never through ``torch.Generator.man
 whose mt19937 keeps only the low 32 bits of a seed (s and s + 2³² would give the same stream).
 
 * On the CPU (``--noise-device cpu``, the default) the draws come from numpy's PCG64 seeded by the whole
-  SeedSequence (128 bits of state): uniforms with 53 bits, made normal by Box–Muller in float64 and then
-  rounded to float32. The values are the same on every machine, up to the last bit of float64 ``log``/``cos``
-  (libraries may round those differently), which changes a float32 value about once in 2²⁹ draws.
+  SeedSequence (128 bits of state): uniforms with 53 bits, made normal by Box–Muller in float32. The
+  uniforms are the same on every machine; the normals too, up to the last bit of torch's float32
+  ``log``/``sin``/``cos``, whose SIMD kernel torch picks per CPU (as it did for ``torch.randn``).
 * On a CUDA device (``--noise-device device``) they come from torch's CUDA Philox generator, whose seed
   keeps all 64 bits the SeedSequence gives it: other values than the CPU's, but the same on every GPU of one
   torch version.
@@ -71,18 +71,18 @@ def _box_muller(rng: np.random.Generator, rows: int, per_row: int) -> torch.Tens
     """(rows, per_row) standard normal float32 values; row r uses only the uniforms r·2h … (r+1)·2h − 1
     (h = ⌈per_row / 2⌉), so the first rows of a draw do not depend on how many rows are drawn.
 
-    Hand-written because numpy's own float32 normal sampler ran 4× slower than this here (and its float64
-    one 6×), and torch's fast one needs a CPU generator, which truncates its seed. Float64 uniforms with 53
-    bits reach 8.6σ, so the tails are those of N(0, 1) far beyond anything a sample of 10⁹ values shows."""
+    Hand-written because numpy's own normal sampler ran 4× (float32) to 6× (float64) slower than this here,
+    and torch's fast one needs a CPU generator, which truncates its seed. The uniforms have 53 bits and
+    1 − u is exact in float64 before it is rounded to float32 (which keeps its exponent), so the radius
+    reaches 8.6σ: the tails are those of N(0, 1) far beyond anything 10⁹ draws show (a float32 uniform
+    would stop them at 5.8σ)."""
     half = (per_row + 1) // 2
     u = torch.from_numpy(rng.random((rows, 2, half)))
-    radius, angle = u[:, 0], u[:, 1]  # in place: fresh allocations cost as much as the arithmetic here
-    radius.neg_().add_(1).log_().mul_(-2).sqrt_()  # 1 − u lies in (0, 1]
-    angle.mul_(2 * math.pi)
-    sin = torch.sin(angle).mul_(radius)
-    angle.cos_().mul_(radius)
+    radius = u[:, 0].neg().add_(1).float().log_().mul_(-2).sqrt_()  # 1 − u lies in (0, 1]
+    angle = u[:, 1].float().mul_(2 * math.pi)
     z = torch.empty((rows, 2, half), dtype=torch.float32)
-    z[:, 0], z[:, 1] = angle, sin
+    torch.mul(torch.cos(angle), radius, out=z[:, 0])
+    torch.mul(angle.sin_(), radius, out=z[:, 1])
     return z.view(rows, 2 * half)[:, :per_row]
 
 
@@ -117,6 +117,17 @@ def noise_generator(seed: int, idx: int, sigma: float, stream: int = CERTIFICATI
     blocks). CPU and CUDA streams of one key draw different values: pairing across purifiers holds on one
     noise device."""
     return NoiseStream((stream, seed, idx, sigma_key(sigma)), device)
+
+
+def _as_index(values: list[int]) -> slice | list[int]:
+    """``values`` as a slice when they are consecutive and increasing, else as they are."""
+    if values == list(range(values[0], values[0] + len(values))):
+        return slice(values[0], values[0] + len(values))
+    return values
+
+
+def _on(index: slice | list[int], device: torch.device) -> slice | torch.Tensor:
+    return index if isinstance(index, slice) else torch.as_tensor(index, device=device)
 
 
 class CopyNoise:
@@ -155,7 +166,8 @@ class CopyNoise:
             rows, places = groups[(i, c // COPY_BLOCK, s)]
             rows.append(j)
             places.append(c % COPY_BLOCK)
-        self._groups = dict(groups)
+        # A run's rows are mostly consecutive copies: then both sides are slices, not gathers.
+        self._groups = {key: (_as_index(rows), _as_index(places)) for key, (rows, places) in groups.items()}
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -181,21 +193,15 @@ class CopyNoise:
         draw, self.draws = self.draws, self.draws + 1
         per_row = math.prod(x.shape[1:])
         key = sigma_key(self.sigma)
-        parts = []
+        out = torch.empty((len(self), per_row), dtype=torch.float32,
+                          device=self.device if self.device.type == "cuda" else "cpu")
         for (i, block, s), (rows, places) in self._groups.items():
             stream = NoiseStream((PURIFIER_STREAM, self.seed, i, key, block, s, draw), self.device)
             # A CUDA draw's values depend on its size, so it is always a whole block; a CPU draw's first
             # rows do not, so it stops at the last row needed.
-            size = COPY_BLOCK if stream.device.type == "cuda" else max(places) + 1
-            values = stream.randn((size, per_row))
-            parts.append((rows, values[torch.as_tensor(places, device=values.device)]))
-        if len(parts) == 1 and parts[0][0] == list(range(len(self))):
-            out = parts[0][1]
-        else:
-            out = torch.empty((len(self), per_row), dtype=torch.float32, device=parts[0][1].device if parts
-                              else "cpu")
-            for rows, values in parts:
-                out[torch.as_tensor(rows, device=out.device)] = values
+            last = places.stop if isinstance(places, slice) else max(places) + 1
+            values = stream.randn((COPY_BLOCK if stream.device.type == "cuda" else last, per_row))
+            out[_on(rows, out.device)] = values[_on(places, out.device)]
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     def repeat_interleave(self, k: int) -> "CopyNoise":
