@@ -66,6 +66,11 @@ def test_a_row_is_the_same_in_any_batch_and_any_block_position():
     block = CopyNoise.for_copies(9, SIGMA, 4, range(COPY_BLOCK, 2 * COPY_BLOCK)).randn_like(
         x.expand(COPY_BLOCK, -1, -1, -1))
     assert torch.equal(block[70 - COPY_BLOCK], alone[70][0])
+    # K votes per copy (rows b·K + v): each row is the copy's sub-stream v, drawn on its own.
+    votes = CopyNoise.for_copies(9, SIGMA, 4, [62, 63, 64]).repeat_interleave(3).randn_like(x.expand(9, -1, -1, -1))
+    for r in range(9):
+        b, v = divmod(r, 3)
+        assert torch.equal(votes[r], CopyNoise(9, SIGMA, [4], [62 + b], sub=[v]).randn_like(x)[0])
 
 
 def test_noise_is_drawn_in_float32_whatever_the_dtype():

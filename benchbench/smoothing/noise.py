@@ -120,9 +120,11 @@ def noise_generator(seed: int, idx: int, sigma: float, stream: int = CERTIFICATI
 
 
 def _as_index(values: list[int]) -> slice | list[int]:
-    """``values`` as a slice when they are consecutive and increasing, else as they are."""
-    if values == list(range(values[0], values[0] + len(values))):
-        return slice(values[0], values[0] + len(values))
+    """``values`` as a slice when they are evenly spaced and increasing (consecutive copies, or one vote
+    of each of them), else as they are."""
+    step = values[1] - values[0] if len(values) > 1 else 1
+    if step > 0 and values == list(range(values[0], values[-1] + 1, step)):
+        return slice(values[0], values[-1] + 1, step)
     return values
 
 
