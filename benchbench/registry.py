@@ -108,7 +108,7 @@ class Purifier(Protocol):
     * ``stochastic = True``: the purifier is random and is called as ``__call__(x_noisy, sigma, noise)``
       with a :class:`benchbench.smoothing.noise.CopyNoise` for the batch's rows; it draws all its randomness from
       ``noise`` (never from a generator of its own), so its output for a noisy copy depends on (run seed,
-      image, σ, copy) alone, not on batching or the device.
+      image, σ, copy) alone, not on batching (nor on the device, with the default ``--noise-device cpu``).
     * ``votes = K`` (default 1): ``__call__`` returns (B·K, C, H, W), rows b·K … b·K+K−1 being K purified
       samples of input b; the harness classifies every row and takes the majority label per input (ties to
       the lowest class).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -103,6 +104,26 @@ class DDPMBase:
             return mean_channels(out, x_t)
         return to_epsilon(mean_channels(out, x_t), x_t, self._alpha_bar(t.reshape(())), self.prediction_type)
 
+    @torch.no_grad()
+    def reverse_sde(self, x_noisy: torch.Tensor, sigma: float, noise: Any, steps: int) -> torch.Tensor:
+        """One reverse-SDE sample per row: ancestral DDPM steps over ``steps`` timesteps spread evenly from t*
+        down to 0, each step's noise the next ``noise.randn_like`` draw (the rows' own streams), with the
+        checkpoint's own step variance (``self.scheduler``'s ``variance_type``) and x̂₀ clipping. Images in
+        [0, 1]. ``sde`` is this on each copy, ``densepure`` this on K repetitions of each copy."""
+        config = self.scheduler.config
+        if config.get("thresholding"):
+            raise CheckpointError(f"DDPM {self.model_ref!r}: dynamic thresholding is not supported by the "
+                                  f"stochastic samplers")
+        clip = float(config.get("clip_sample_range", 1.0)) if config.clip_sample else None
+        x, t_star = self.start(x_noisy, sigma)
+        timesteps = strided_timesteps(t_star, steps)
+        for i, t in enumerate(timesteps):
+            prev_t = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            z = noise.randn_like(x) if t > 0 else None
+            x = ancestral_step(self.alphas_cumprod, self.eps(x, t), t, prev_t, x, z, clip,
+                               config.variance_type)
+        return self.to_image(x)
+
     @staticmethod
     def check_steps(steps: int) -> int:
         if steps < 1:
@@ -115,15 +136,25 @@ class DDPMBase:
         return (x0.clamp(-1, 1) + 1) / 2
 
 
+# The step variances diffusers' DDPMScheduler knows for a fixed (not learned) variance: the posterior's
+# ("small", Ho et al.'s σ_t² = β̃_t) or the forward process's ("large", σ_t² = β_t); "_log" forms differ only
+# in how diffusers computes the same value (DDPMBase maps a learned variance to "fixed_small").
+STEP_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+
+
 def ancestral_step(alphas_cumprod: torch.Tensor, eps: torch.Tensor, t: int, prev_t: int, x_t: torch.Tensor,
-                   z: torch.Tensor | None, clip: float | None = 1.0) -> torch.Tensor:
-    """One ancestral DDPM step x_t → x_{prev_t} (Ho et al. 2020, eq. 7; ``prev_t`` = −1 means x₀), with the
-    posterior's "fixed small" variance and x̂₀ clipped to [−clip, clip], as diffusers' ``DDPMScheduler.step``
-    with custom timesteps computes it; the noise ``z`` (same shape as x_t; unused when t = 0) is given.
+                   z: torch.Tensor | None, clip: float | None = 1.0,
+                   variance_type: str = "fixed_small") -> torch.Tensor:
+    """One ancestral DDPM step x_t → x_{prev_t} (Ho et al. 2020, eq. 7; ``prev_t`` = −1 means x₀), with x̂₀
+    clipped to [−clip, clip] and the step variance of ``variance_type`` (``fixed_small``: the posterior's
+    (1−ᾱ_prev)/(1−ᾱ_t)·β; ``fixed_large``: β = 1 − ᾱ_t/ᾱ_prev), as diffusers' ``DDPMScheduler.step`` with
+    custom timesteps computes it; the noise ``z`` (same shape as x_t; unused when t = 0) is given.
 
     Written out because ``DDPMScheduler.step`` draws its noise itself from a generator, and a stochastic
     purifier must draw every sample from its per-copy noise (``CopyNoise``).
     """
+    if variance_type not in STEP_VARIANCES:
+        raise InvalidArgument(f"variance_type {variance_type!r} is not one of {', '.join(STEP_VARIANCES)}")
     a_t = float(alphas_cumprod[t])
     a_prev = float(alphas_cumprod[prev_t]) if prev_t >= 0 else 1.0
     alpha, beta = a_t / a_prev, 1 - a_t / a_prev
@@ -133,5 +164,8 @@ def ancestral_step(alphas_cumprod: torch.Tensor, eps: torch.Tensor, t: int, prev
     mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(alpha) * (1 - a_prev) / (1 - a_t)) * x_t
     if t == 0:
         return mean
-    variance = max((1 - a_prev) / (1 - a_t) * beta, 1e-20)
+    if variance_type.startswith("fixed_large"):
+        variance = beta
+    else:
+        variance = max((1 - a_prev) / (1 - a_t) * beta, 1e-20)
     return mean + math.sqrt(variance) * z

@@ -9,6 +9,7 @@ from benchbench.smoothing.certify import noisy_batches
 from benchbench.errors import InvalidArgument
 from benchbench.results.quality import measure_quality, write_quality
 from benchbench.smoothing.noise import noise_generator
+from torchmetrics.functional.image import structural_similarity_index_measure
 from synthetic_run import random_rows, write_run
 
 
@@ -60,19 +61,28 @@ def test_quality_numbers_on_the_certification_noise():
                           seed=seed, copies=copies, distance=maxabs, n0=n0)
     assert list(zip(got["purifier"], got["sigma"])) == [("id", 0.25), ("id", 0.5), ("grey", 0.25), ("grey", 0.5)]
     for _, row in got.iterrows():
-        mse, dist, kept = [], [], []
+        mse, dist, kept, peak, similarity = [], [], [], [], []
         for idx in indices:
             x = images[idx]
             noisy = first_draws(x, row["sigma"], seed, idx, n0, copies)
             out = noisy if row["purifier"] == "id" else torch.full_like(noisy, 0.5)
+            similarity += structural_similarity_index_measure(out, x.expand_as(out).contiguous(), data_range=1.0,
+                                                              gaussian_kernel=False, kernel_size=3,
+                                                              reduction="none").tolist()
             for c in range(copies):
                 mse.append(((out[c] - x) ** 2).mean().item())
+                peak.append(10 * np.log10(1 / ((out[c] - x) ** 2).mean().item()))
                 dist.append((out[c] - x).abs().max().item())
                 kept.append(float(int(out[c].mean() > 0.3) == int(labels[idx])))
         assert row["mse"] == pytest.approx(np.mean(mse), rel=1e-5)
         assert row["distance"] == pytest.approx(np.mean(dist), rel=1e-5)
         assert row["label_kept"] == pytest.approx(np.mean(kept))
+        assert row["psnr"] == pytest.approx(np.mean(peak), rel=1e-4)
+        assert row["ssim"] == pytest.approx(np.mean(similarity), rel=1e-4)
         assert (row["images"], row["copies"]) == (3, copies)
+    # Less noise, less distance by every measure; grey is far from every image.
+    ident = got[got["purifier"] == "id"].set_index("sigma")
+    assert ident.loc[0.25, "ssim"] > ident.loc[0.5, "ssim"] and ident.loc[0.25, "psnr"] > ident.loc[0.5, "psnr"]
 
 
 def test_quality_without_distance_has_no_distance_column():
@@ -88,11 +98,13 @@ def test_write_quality_uses_the_runs_purifiers_images_and_classifier(tmp_path):
     cells = {("identity", 0.5): random_rows(rng, 0.5, [0, 10], 0.01, 0.0, 0.5)}
     run = write_run(tmp_path / "run", [{"label": "identity", "name": "identity", "params": {}}], cells)
     assert list(write_quality(run, copies=2, distance=None).columns) == [
-        "purifier", "sigma", "images", "copies", "mse", "label_kept"]
+        "purifier", "sigma", "images", "copies", "mse", "ssim", "psnr", "label_kept"]
     table = write_quality(run, copies=2)  # default: the dataset's LPIPS-style distance, named in the table
     saved = pd.read_csv(run / "quality.csv")
-    assert list(saved.columns) == ["purifier", "sigma", "images", "copies", "mse", "distance", "label_kept",
-                                   "distance_name"]
+    assert list(saved.columns) == ["purifier", "sigma", "images", "copies", "mse", "distance", "ssim", "psnr",
+                                   "label_kept", "distance_name"]
+    # Identity leaves the noise: PSNR of σ = 0.5 noise is about 10·log10(1/σ²) = 6 dB, SSIM well below 1.
+    assert 4.5 < saved.loc[0, "psnr"] < 8 and 0 < saved.loc[0, "ssim"] < 0.5
     assert saved.loc[0, "distance_name"] == "digits-ssl" and saved.loc[0, "distance"] > 0
     assert saved.loc[0, "images"] == 2 and saved.loc[0, "copies"] == 2
     # Identity: the error is the noise itself, σ² per pixel in expectation (2 images × 2 copies × 64 pixels).

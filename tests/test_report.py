@@ -151,12 +151,16 @@ def test_report_merges_quality_csv(tmp_path):
     run = standard_run(tmp_path / "run")
     pd.DataFrame({"purifier": ["identity", "ddpm", "slow(steps=10)"] * 2, "sigma": [0.25] * 3 + [0.5] * 3,
                   "images": 30, "copies": 8, "mse": [0.06, 0.01, 0.005, 0.25, 0.03, 0.02],
+                  "ssim": [0.31, 0.72, 0.83, 0.12, 0.55, 0.61], "psnr": [12.2, 20.0, 23.0, 6.0, 15.2, 17.0],
                   "label_kept": [0.9, 0.95, 0.97, 0.5, 0.8, 0.85]}).to_csv(run / "quality.csv", index=False)
     table = write_report(run).set_index("purifier")
     assert table.loc["ddpm", "mse@σ=0.5"] == pytest.approx(0.03)
     assert table.loc["identity", "label_kept@σ=0.25"] == pytest.approx(0.9)
+    assert table.loc["ddpm", "ssim@σ=0.5"] == pytest.approx(0.55)
+    assert table.loc["slow(steps=10)", "psnr@σ=0.25"] == pytest.approx(23.0)
     md = (run / "report.md").read_text()
-    assert "Purification quality" in md and "0.0300" in md
+    assert "Purification quality" in md and "0.0300" in md and "0.550" in md and "15.20" in md
+    assert "no purifier was trained or selected on" in md
 
 
 def test_paper_table_of_no_rows_is_an_error():

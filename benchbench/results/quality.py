@@ -7,7 +7,10 @@ certificates saw; a stochastic purifier gets each copy's own noise, so its outpu
 
 * ``mse``: mean squared error per pixel in [0, 1] image scale, averaged over copies and images;
 * ``distance``: the mean of a caller-supplied ``distance(a, b) -> per-image tensor`` (e.g. an LPIPS-style
-  metric), absent when none is given;
+  metric), absent when none is given. The run's default is the dataset's LPIPS-style distance, which on
+  digits is ``digits-ssl``, the very loss ``consistency-ft`` was fine-tuned on: it favours that model;
+* ``ssim`` and ``psnr``: SSIM (Wang et al. 2004, torchmetrics, data range 1) and PSNR in dB, per copy and
+  then averaged, distances no purifier was trained or selected on;
 * ``label_kept``: the fraction of purified copies the classifier labels with the true label.
 """
 
@@ -18,6 +21,7 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import pandas as pd
 import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from benchbench.smoothing.certify import certification_batches, noisy_batches
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, first_line
@@ -32,6 +36,23 @@ Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULT_COPIES = 8
 DEFAULT_BATCH = 1000
+# A copy purified to exactly the clean image has infinite PSNR, which would make the mean infinite.
+PSNR_CAP_DB = 100.0
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of two batches (B, C, H, W) in [0, 1]: torchmetrics' defaults, Wang et al.'s Gaussian
+    window (σ = 1.5, 11 taps, reflect-padded, so images of 6 pixels a side or more); a smaller image gets
+    the uniform window of the largest odd size that fits."""
+    side = min(a.shape[-2:])
+    kw = {} if side > 5 else {"gaussian_kernel": False, "kernel_size": side if side % 2 else side - 1}
+    return structural_similarity_index_measure(a.float(), b.float(), data_range=1.0, reduction="none", **kw)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of two batches (B, C, H, W) in [0, 1] (data range 1), capped at 100 dB."""
+    value = peak_signal_noise_ratio(a.float(), b.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return value.clamp(max=PSNR_CAP_DB)
 
 
 def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: int,
@@ -40,8 +61,8 @@ def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: 
 
     Given the run's ``n0`` and ``n`` (copies ≤ n0 + n) they are exactly certification's draws, whatever the
     image size (certification draws fixed blocks, selection then estimation). Without them ``copies`` are
-    drawn as one stream, which gives the same values whenever copies ≤ 64 and the image has a multiple of
-    16 values (torch's CPU normal sampler fills 16 at a time). ``noise_device``: where the run drew it.
+    drawn as one stream, which gives the same values whenever copies ≤ 64 on the CPU (the first rows of a
+    CPU draw do not depend on how many are drawn). ``noise_device``: where the run drew it.
     """
     gen = noise_generator(seed, idx, sigma, device=noise_device)
     if n0 is None:
@@ -59,10 +80,11 @@ def noisy_copies(x: torch.Tensor, sigma: float, *, seed: int, idx: int, copies: 
 
 
 def purify_copies(purifier: Purifier, label: str, noisy: torch.Tensor, sigma: float, *, seed: int, idx: int,
-                  first_copy: int = 0) -> torch.Tensor:
+                  first_copy: int = 0, noise_device: str = "cpu") -> torch.Tensor:
     """``purifier``'s checked output for noisy copies ``first_copy`` … of image ``idx`` — the very output
-    certification classified for those copies (a stochastic purifier gets the copies' own noise)."""
-    noise = CopyNoise.for_copies(seed, sigma, idx, range(first_copy, first_copy + len(noisy))) \
+    certification classified for those copies (a stochastic purifier gets the copies' own noise, drawn on
+    the run's ``noise_device``)."""
+    noise = CopyNoise.for_copies(seed, sigma, idx, range(first_copy, first_copy + len(noisy)), noise_device) \
         if getattr(purifier, "stochastic", False) else None
     where = f"purifier {label!r} at σ={sigma:g}, image {idx}"
     try:
@@ -83,7 +105,7 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
                     n0: int | None = None, n: int | None = None, batch_size: int = DEFAULT_BATCH,
                     noise_device: str = "cpu") -> pd.DataFrame:
     """One row per (purifier label, σ), purifiers in mapping order and σ as given: ``purifier sigma images
-    copies mse [distance] label_kept``. ``images[idx]`` is a clean image in [0, 1], ``labels[idx]`` its
+    copies mse [distance] ssim psnr label_kept`` (see the module docstring). ``images[idx]`` is a clean image in [0, 1], ``labels[idx]`` its
     class; ``distance`` gets the purified copies and the clean image repeated, both in [0, 1] image scale
     (wrap a distance that wants [-1, 1]); ``n0``/``n`` are the run's (see :func:`noisy_copies`). Copies go
     through the networks ``batch_size`` at a time, so memory stays bounded. The computation runs on the
@@ -101,17 +123,19 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
                 from benchbench.models.classifiers import load_classifier
 
                 clf = load_classifier(purifier.classifier_for(sigma), device)
-            mse, dist, kept = [], [], []
+            mse, dist, similarity, peak, kept = [], [], [], [], []
             for idx in indices:
                 x = images[idx].to(device)
                 noisy = noisy_copies(x, sigma, seed=seed, idx=idx, copies=copies, n0=n0, n=n,
                                      noise_device=noise_device)
                 for start in range(0, copies, batch_size):
                     purified = purify_copies(purifier, label, noisy[start:start + batch_size], sigma, seed=seed,
-                                             idx=idx, first_copy=start)
+                                             idx=idx, first_copy=start, noise_device=noise_device)
                     votes = getattr(purifier, "votes", 1)
                     clean = x.unsqueeze(0).expand_as(purified)
                     mse.append(((purified - clean) ** 2).flatten(1).mean(1))
+                    similarity.append(ssim(purified, clean.contiguous()))
+                    peak.append(psnr(purified, clean))
                     if distance is not None:
                         dist.append(torch.as_tensor(distance(purified, clean)).reshape(-1).float())
                     logits = clf(purified)
@@ -121,6 +145,8 @@ def measure_quality(purifiers: Mapping[str, Purifier], classifier: torch.nn.Modu
                    "mse": torch.cat(mse).mean().item()}
             if distance is not None:
                 rec["distance"] = torch.cat(dist).mean().item()
+            rec["ssim"] = torch.cat(similarity).mean().item()
+            rec["psnr"] = torch.cat(peak).mean().item()
             rec["label_kept"] = torch.cat(kept).mean().item()
             out.append(rec)
     return pd.DataFrame(out)

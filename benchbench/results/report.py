@@ -151,11 +151,11 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
     the whole accuracy-vs-radius curve. Selecting the best σ per cell is optimistic (it is what papers
     report); the per-σ numbers are in ``summary.csv``.
 
-    ``quality`` (the :mod:`benchbench.results.quality` table) adds, per σ, ``mse@σ=s``, ``distance@σ=s`` (when
-    measured) and ``label_kept@σ=s``. ``images`` and ``images_min`` are the largest and smallest number
-    of images in the configuration's σ cells (0 for a missing cell); ``images_expected`` is the run's
-    image count (when given): a partial run shows them (see :func:`coverage_warning`). Raises BenchError
-    when ``rows`` is empty.
+    ``quality`` (the :mod:`benchbench.results.quality` table) adds, per σ, ``mse@σ=s``, ``distance@σ=s``,
+    ``ssim@σ=s``, ``psnr@σ=s`` (each when measured) and ``label_kept@σ=s``. ``images`` and ``images_min`` are
+    the largest and smallest number of images in the configuration's σ cells (0 for a missing cell);
+    ``images_expected`` is the run's image count (when given): a partial run shows them (see
+    :func:`coverage_warning`). Raises BenchError when ``rows`` is empty.
     """
     if rows.empty:
         raise BenchError("the run has no rows yet; nothing to report")
@@ -234,7 +234,7 @@ def _range(low: int, high: int) -> str:
 
 
 def _quality_wide(quality: pd.DataFrame) -> pd.DataFrame:
-    metrics = [c for c in ("mse", "distance", "label_kept") if c in quality.columns]
+    metrics = [c for c in ("mse", "distance", "ssim", "psnr", "label_kept") if c in quality.columns]
     wide = quality.pivot(index="purifier", columns="sigma", values=metrics)
     wide.columns = [f"{metric}@σ={sigma:g}" for metric, sigma in wide.columns]
     return wide.reset_index()
@@ -325,6 +325,10 @@ def _quality_long(table: pd.DataFrame) -> pd.DataFrame:
                 rec["MSE"] = f"{row[f'mse@σ={sigma}']:.4f}"
             if f"distance@σ={sigma}" in table:
                 rec["distance"] = f"{row[f'distance@σ={sigma}']:.4f}"
+            if f"ssim@σ={sigma}" in table:
+                rec["SSIM"] = f"{row[f'ssim@σ={sigma}']:.3f}"
+            if f"psnr@σ={sigma}" in table:
+                rec["PSNR (dB)"] = f"{row[f'psnr@σ={sigma}']:.2f}"
             if f"label_kept@σ={sigma}" in table:
                 rec["label kept (%)"] = _pct(row[f"label_kept@σ={sigma}"])
             recs.append(rec)
@@ -345,9 +349,13 @@ def format_markdown(table: pd.DataFrame, radii: Sequence[float] = RADII) -> str:
         text = f"**Warning — {warning}.**\n\n{text}"
     quality = _quality_long(table)
     if not quality.empty:
-        measured = "MSE(purified, clean)" + (" and distance" if "distance" in quality else "")
+        measured = "MSE(purified, clean)" + (", distance" if "distance" in quality else "") + \
+            (", SSIM, PSNR" if "SSIM" in quality else "")
         text += (f"\n\n### Purification quality\n\n{_markdown(quality)}\n\n{measured} averaged over the images "
-                 "and their noisy copies; label kept = the classifier gives the purified copy the true label.")
+                 "and their noisy copies; label kept = the classifier gives the purified copy the true label."
+                 + (" SSIM and PSNR are distances no purifier was trained or selected on; the distance is the "
+                    "dataset's LPIPS-style one (on digits the loss consistency-ft was fine-tuned on)."
+                    if "SSIM" in quality else ""))
     return text
 
 

@@ -357,7 +357,8 @@ def _classify_chunk(ctx: Context, label: str, sigma: float, batch: torch.Tensor,
     classifier = ctx.own_classifiers.get((label, sigma), ctx.classifier)
     classifier_ref = ctx.own_refs.get((label, sigma), ctx.classifier_ref)
     votes = getattr(purifier, "votes", 1)
-    noise = CopyNoise(ctx.config.seed, sigma, idx, copies) if getattr(purifier, "stochastic", False) else None
+    noise = CopyNoise(ctx.config.seed, sigma, idx, copies, device=ctx.noise_device) \
+        if getattr(purifier, "stochastic", False) else None
 
     def where(row: int | None) -> str:
         return f"purifier {label!r} at σ={sigma:g}, image {idx[row or 0]}"

@@ -20,12 +20,17 @@ import torch
 from scipy.stats import beta, binomtest, norm
 
 from benchbench.errors import InvalidArgument
+from benchbench.smoothing.noise import NoiseStream
 
 ABSTAIN = -1
 
 # Noise is drawn in blocks of this many samples whatever the batch size, so that the values of the noise
 # (and so every count and certificate) depend on the generator's seed alone, not on how it is batched.
 NOISE_BLOCK = 64
+
+Generator = torch.Generator | NoiseStream
+"""Where noise comes from: a run's :class:`NoiseStream` (:func:`benchbench.smoothing.noise.noise_generator`),
+or any torch generator."""
 
 Classify = Callable[[torch.Tensor], torch.Tensor]
 """Maps a batch of noisy images, shape (B, *x.shape), to integer labels of shape (B,)."""
@@ -85,8 +90,15 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     return float(beta.ppf(alpha, k, n - k + 1))
 
 
+def _randn(generator: Generator | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(generator, NoiseStream):
+        return generator.randn(shape).to(dtype)  # drawn in float32 whatever x's dtype
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
 def noisy_batches(
-    x: torch.Tensor, num: int, *, sigma: float, batch_size: int, generator: torch.Generator | None = None
+    x: torch.Tensor, num: int, *, sigma: float, batch_size: int, generator: Generator | None = None
 ) -> Iterator[torch.Tensor]:
     """Yield ``num`` copies of x + δ, δ ~ N(0, σ²I), in batches of at most ``batch_size``.
 
@@ -95,7 +107,6 @@ def noisy_batches(
     """
     if batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
-    device = generator.device if generator is not None else torch.device("cpu")
     pending: torch.Tensor | None = None
     drawn = 0
     while drawn < num or (pending is not None and len(pending)):
@@ -103,7 +114,7 @@ def noisy_batches(
         have = 0 if pending is None else len(pending)
         while have < batch_size and drawn < num:
             k = min(NOISE_BLOCK, num - drawn)
-            blocks.append(torch.randn((k, *x.shape), generator=generator, device=device, dtype=x.dtype))
+            blocks.append(_randn(generator, (k, *x.shape), x.dtype))
             have += k
             drawn += k
         eps = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
@@ -113,7 +124,7 @@ def noisy_batches(
 
 
 def certification_batches(
-    x: torch.Tensor, *, sigma: float, n0: int, n: int, batch_size: int, generator: torch.Generator | None = None
+    x: torch.Tensor, *, sigma: float, n0: int, n: int, batch_size: int, generator: Generator | None = None
 ) -> Iterator[torch.Tensor]:
     """The n0 + n noisy copies of x that :func:`certify` draws, in its order (the n0 selection copies, then
     the n estimation copies), in batches of at most ``batch_size`` that never straddle the two phases."""
@@ -129,7 +140,7 @@ def sample_counts(
     sigma: float,
     batch_size: int,
     num_classes: int,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
 ) -> np.ndarray:
     """Per-class counts of ``classify`` over ``num`` noisy copies of x; shape (num_classes,), int64."""
     counts = np.zeros(num_classes, dtype=np.int64)
@@ -153,7 +164,7 @@ def certify(
     alpha: float,
     batch_size: int,
     num_classes: int,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for one input x (no batch dimension).
 
@@ -193,7 +204,7 @@ def predict(
     alpha: float,
     batch_size: int,
     num_classes: int,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
 ) -> int:
     """Cohen et al.'s PREDICT: the top class if an exact two-sided binomial test of n_A vs n_B rejects
     equality at level α, else ``ABSTAIN``. Wrong with probability at most α."""

@@ -2,16 +2,30 @@
 
 * :func:`noise_generator` gives the certification noise of one (run seed, image, σ): every purifier sees
   the same noisy copies of an image (a paired comparison).
-* :class:`CopyNoise` is the randomness a *stochastic* purifier uses: row j of a batch (one noisy copy)
-  draws from its own generator keyed by (run seed, image of row j, σ, copy index of row j). So a purifier's
-  output for a copy is the same whatever the batch size, the other images in the batch, or the device.
+* :class:`CopyNoise` is the randomness a *stochastic* purifier uses: the rows of a batch (noisy copies)
+  draw from streams keyed by (run seed, image, σ, block of 64 copies, vote, draw), each row taking its own
+  place in its block's draw. So a purifier's output for a copy is the same whatever the batch size, the
+  other images in the batch, or the order of the work.
 
-Both are CPU ``torch.Generator`` streams (the values do not depend on the device the work runs on); the
-keys go through numpy's ``SeedSequence``, which is built to turn such tuples into independent seeds.
+Every key goes whole, as fixed-width 64-bit fields, through numpy's ``SeedSequence``, which is built to
+turn such tuples into independent seeds, and never through ``torch.Generator.manual_seed`` on the CPU,
+whose mt19937 keeps only the low 32 bits of a seed (s and s + 2³² would give the same stream).
+
+* On the CPU (``--noise-device cpu``, the default) the draws come from numpy's PCG64 seeded by the whole
+  SeedSequence (128 bits of state): uniforms with 53 bits, made normal by Box–Muller in float32. The
+  uniforms are the same on every machine; the normals too, up to the last bit of torch's float32
+  ``log``/``sin``/``cos``, whose SIMD kernel torch picks per CPU (as it did for ``torch.randn``).
+* On a CUDA device (``--noise-device device``) they come from torch's CUDA Philox generator, whose seed
+  keeps all 64 bits the SeedSequence gives it: other values than the CPU's, but the same on every GPU of one
+  torch version.
+
+All noise is drawn in float32 whatever the run's ``--precision`` and only then cast.
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +37,9 @@ PURIFIER_STREAM = 1
 # σ enters the keys at this resolution (image scale), so two σs closer than it would share noise; the
 # runner refuses such pairs.
 SIGMA_SCALE = 1_000_000
+# A stochastic purifier's noise is keyed per block of this many copies (copy // COPY_BLOCK) and drawn a
+# block at once; a row's values depend on its place in the block (copy % COPY_BLOCK) alone.
+COPY_BLOCK = 64
 
 
 def sigma_key(sigma: float) -> int:
@@ -30,9 +47,18 @@ def sigma_key(sigma: float) -> int:
     return int(round(sigma * SIGMA_SCALE))
 
 
-def _seed(entropy: Sequence[int], spawn_key: Sequence[int] = ()) -> int:
-    state = np.random.SeedSequence(list(entropy), spawn_key=tuple(spawn_key)).generate_state(1, dtype=np.uint64)[0]
-    return int(state) & (2**63 - 1)
+def key_words(fields: Sequence[int]) -> np.ndarray:
+    """The entropy of a key: each field (an integer in [0, 2**64)) as two 32-bit words, low first.
+
+    Fixed width because SeedSequence splits a large integer into as many words as it needs, so a list of
+    plain integers would make keys (2**32, 0) and (0, 1, 0) the same entropy."""
+    words = []
+    for f in fields:
+        f = int(f)
+        if not 0 <= f < 2**64:
+            raise ValueError(f"noise key fields must lie in [0, 2**64), got {f}")
+        words += [f & 0xFFFFFFFF, f >> 32]
+    return np.asarray(words, dtype=np.uint32)
 
 
 def check_seed(seed: int) -> None:
@@ -41,29 +67,90 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed must be an integer between 0 and 2**63 - 1, got {seed!r}")
 
 
+def _box_muller(rng: np.random.Generator, rows: int, per_row: int) -> torch.Tensor:
+    """(rows, per_row) standard normal float32 values; row r uses only the uniforms r·2h … (r+1)·2h − 1
+    (h = ⌈per_row / 2⌉), so the first rows of a draw do not depend on how many rows are drawn.
+
+    Hand-written because numpy's own normal sampler ran 4× (float32) to 6× (float64) slower than this here,
+    and torch's fast one needs a CPU generator, which truncates its seed. The uniforms have 53 bits and
+    1 − u is exact in float64 before it is rounded to float32 (which keeps its exponent), so the radius
+    reaches 8.6σ: the tails are those of N(0, 1) far beyond anything 10⁹ draws show (a float32 uniform
+    would stop them at 5.8σ)."""
+    half = (per_row + 1) // 2
+    u = torch.from_numpy(rng.random((rows, 2, half)))
+    radius = u[:, 0].neg().add_(1).float().log_().mul_(-2).sqrt_()  # 1 − u lies in (0, 1]
+    angle = u[:, 1].float().mul_(2 * math.pi)
+    z = torch.empty((rows, 2, half), dtype=torch.float32)
+    torch.mul(torch.cos(angle), radius, out=z[:, 0])
+    torch.mul(angle.sin_(), radius, out=z[:, 1])
+    return z.view(rows, 2 * half)[:, :per_row]
+
+
+class NoiseStream:
+    """Standard normal draws from one key of 64-bit fields (see the module docstring), each draw continuing
+    the stream. ``device``: a CUDA device draws there with torch's Philox; any other draws on the CPU."""
+
+    def __init__(self, key: Sequence[int], device: str | torch.device = "cpu"):
+        seq = np.random.SeedSequence(key_words(key))
+        device = torch.device(device)
+        self.device = device if device.type == "cuda" else torch.device("cpu")
+        if self.device.type == "cuda":
+            seed = int(seq.generate_state(1, dtype=np.uint64)[0])  # all 64 bits: CUDA's Philox keeps them
+            self._torch = torch.Generator(device=self.device).manual_seed(seed)
+        else:
+            self._numpy = np.random.Generator(np.random.PCG64(seq))
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        """N(0, I) float32 of ``shape`` on this stream's device. On the CPU the first rows (dimension 0) of
+        a draw are the same whatever the number of rows drawn."""
+        shape = tuple(int(s) for s in shape)
+        if self.device.type == "cuda":
+            return torch.randn(shape, generator=self._torch, device=self.device, dtype=torch.float32)
+        rows = shape[0] if shape else 1
+        return _box_muller(self._numpy, rows, math.prod(shape[1:])).reshape(shape)
+
+
 def noise_generator(seed: int, idx: int, sigma: float, stream: int = CERTIFICATION_STREAM,
-                    device: str | torch.device = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded by (run seed, image index, σ, stream) alone. Stream 0 is the
-    certification noise (drawn by :func:`benchbench.smoothing.certify.noisy_batches` in fixed blocks). A CUDA
-    generator with the same seed draws other values than the CPU one, but the same on every GPU of one
-    torch version: pairing across purifiers holds on one noise device."""
-    return torch.Generator(device=device).manual_seed(_seed([seed, idx, sigma_key(sigma), stream]))
+                    device: str | torch.device = "cpu") -> NoiseStream:
+    """The noise stream of (run seed, image index, σ, stream) alone, on ``device`` (see :class:`NoiseStream`).
+    Stream 0 is the certification noise (drawn by :func:`benchbench.smoothing.certify.noisy_batches` in fixed
+    blocks). CPU and CUDA streams of one key draw different values: pairing across purifiers holds on one
+    noise device."""
+    return NoiseStream((stream, seed, idx, sigma_key(sigma)), device)
+
+
+def _as_index(values: list[int]) -> slice | list[int]:
+    """``values`` as a slice when they are evenly spaced and increasing (consecutive copies, or one vote
+    of each of them), else as they are."""
+    step = values[1] - values[0] if len(values) > 1 else 1
+    if step > 0 and values == list(range(values[0], values[-1] + 1, step)):
+        return slice(values[0], values[-1] + 1, step)
+    return values
+
+
+def _on(index: slice | list[int], device: torch.device) -> slice | torch.Tensor:
+    return index if isinstance(index, slice) else torch.as_tensor(index, device=device)
 
 
 class CopyNoise:
     """The per-copy randomness of a stochastic purifier for one batch of noisy copies.
 
     ``idx[j]`` and ``copy[j]`` are the test-image index and the copy index (0 … n0 + n − 1 in the order
-    certification draws them) of row j. Row j's generator is keyed by (seed, idx[j], σ, copy[j]) and the
-    stream of purifier noise alone, so a purifier that draws everything from here gives each copy the same
-    output in any batch. Successive draws continue each row's stream.
+    certification draws them) of row j; ``device`` is the run's noise device. Draw d (the d-th call of
+    :meth:`randn_like`) of row j is row ``copy[j] % 64`` of one draw keyed by (seed, idx[j], σ, the stream of
+    purifier noise, block ``copy[j] // 64``, sub-stream, d): a purifier that draws everything from here gives
+    each copy the same output in any batch, and the noise of a block of copies is drawn at once.
 
     A purifier with ``votes = K`` that repeats its input K times (rows b·K … b·K+K−1 for input b) calls
-    :meth:`repeat_interleave` to get K independent streams per copy.
+    :meth:`repeat_interleave` to get K independent sub-streams per copy.
+
+    There are no per-row ``torch.Generator`` objects (``generators``): torch's CPU generator keeps only 32
+    bits of a seed. Draw with ``randn_like`` and give the noise to the step (see ``purifiers/diffusion.py``).
     """
 
     def __init__(self, seed: int, sigma: float, idx: Sequence[int] | torch.Tensor,
-                 copy: Sequence[int] | torch.Tensor, *, sub: Sequence[int] | torch.Tensor | None = None):
+                 copy: Sequence[int] | torch.Tensor, *, sub: Sequence[int] | torch.Tensor | None = None,
+                 device: str | torch.device = "cpu"):
         self.seed = int(seed)
         self.sigma = float(sigma)
         self.idx = [int(i) for i in idx]
@@ -71,37 +158,60 @@ class CopyNoise:
         if len(self.idx) != len(self.copy):
             raise ValueError(f"idx has {len(self.idx)} rows but copy has {len(self.copy)}")
         self.sub = [0] * len(self.idx) if sub is None else [int(s) for s in sub]
-        key = sigma_key(self.sigma)
-        # One generator per row; the sub-stream (a vote of a multi-sample purifier) is a SeedSequence
-        # spawn key, so sub-stream 0 of a copy is its plain stream.
-        self.generators = [
-            torch.Generator().manual_seed(_seed([self.seed, i, key, PURIFIER_STREAM, c], (s,) if s else ()))
-            for i, c, s in zip(self.idx, self.copy, self.sub)
-        ]
+        if len(self.sub) != len(self.idx):
+            raise ValueError(f"idx has {len(self.idx)} rows but sub has {len(self.sub)}")
+        self.device = torch.device(device)
+        self.draws = 0  # how many times randn_like has been called: the next draw's key
+        # rows by stream: (image, block, sub-stream) -> (rows j, places in the block)
+        groups: dict[tuple[int, int, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        for j, (i, c, s) in enumerate(zip(self.idx, self.copy, self.sub)):
+            rows, places = groups[(i, c // COPY_BLOCK, s)]
+            rows.append(j)
+            places.append(c % COPY_BLOCK)
+        # A run's rows are mostly consecutive copies: then both sides are slices, not gathers.
+        self._groups = {key: (_as_index(rows), _as_index(places)) for key, (rows, places) in groups.items()}
 
     def __len__(self) -> int:
-        return len(self.generators)
+        return len(self.idx)
+
+    @property
+    def generators(self) -> list:
+        raise AttributeError("CopyNoise.generators was removed (torch's CPU generators keep only 32 bits of a "
+                             "seed): draw the noise with noise.randn_like(x), one row per copy")
 
     @classmethod
-    def for_copies(cls, seed: int, sigma: float, idx: int, copies: Sequence[int] | range) -> "CopyNoise":
+    def for_copies(cls, seed: int, sigma: float, idx: int, copies: Sequence[int] | range,
+                   device: str | torch.device = "cpu") -> "CopyNoise":
         """The noise of copies ``copies`` of one image ``idx``."""
         copies = list(copies)
-        return cls(seed, sigma, [idx] * len(copies), copies)
+        return cls(seed, sigma, [idx] * len(copies), copies, device=device)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like ``x`` (one row per copy, rows in this object's order), drawn
-        in float32 on the CPU from each row's generator, then cast to x's dtype and device."""
+        """Standard normal noise shaped like ``x`` (one row per copy, rows in this object's order), drawn in
+        float32 on the noise device, then cast to x's dtype and device. Each call is the next draw of every
+        row's stream."""
         if len(x) != len(self):
             raise ValueError(f"noise for {len(self)} copies asked for a tensor of {len(x)} rows")
-        shape = (1, *x.shape[1:])
-        rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in self.generators]
-        return torch.cat(rows).to(device=x.device, dtype=x.dtype)
+        draw, self.draws = self.draws, self.draws + 1
+        per_row = math.prod(x.shape[1:])
+        key = sigma_key(self.sigma)
+        out = torch.empty((len(self), per_row), dtype=torch.float32,
+                          device=self.device if self.device.type == "cuda" else "cpu")
+        for (i, block, s), (rows, places) in self._groups.items():
+            stream = NoiseStream((PURIFIER_STREAM, self.seed, i, key, block, s, draw), self.device)
+            # A CUDA draw's values depend on its size, so it is always a whole block; a CPU draw's first
+            # rows do not, so it stops at the last row needed.
+            last = places.stop if isinstance(places, slice) else max(places) + 1
+            values = stream.randn((COPY_BLOCK if stream.device.type == "cuda" else last, per_row))
+            out[_on(rows, out.device)] = values[_on(places, out.device)]
+        return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     def repeat_interleave(self, k: int) -> "CopyNoise":
         """Noise for each copy repeated ``k`` times in place (rows b·k … b·k+k−1 for copy b), each repetition
-        with its own independent stream (sub-stream 0 … k−1)."""
+        with its own independent sub-stream (0 … k−1 for a copy's plain stream; sub-stream 0 is the copy's
+        own). Draws start afresh (draw 0)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return CopyNoise(self.seed, self.sigma, [i for i in self.idx for _ in range(k)],
                          [c for c in self.copy for _ in range(k)],
-                         sub=[s * k + v for s in self.sub for v in range(k)])
+                         sub=[s * k + v for s in self.sub for v in range(k)], device=self.device)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from benchbench.data.dataset import get_dataset
 from benchbench.errors import InvalidArgument
 from benchbench.models.consistency import (ConsistencyModel, assumed_level, first_call, level_at_or_above,
-                                           load_consistency)
+                                           level_nearest, load_consistency)
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
 from benchbench.models.perceptual import Distance, distance_record, get_distance, resolve_distance
 from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
@@ -73,16 +73,36 @@ def finetune_loss(model: ConsistencyModel, x: torch.Tensor, sigmas: Sequence[flo
     return torch.cat(losses).mean()
 
 
+def trained_levels(sigmas: torch.Tensor, sigma: float, sigma_mode: str) -> set[int]:
+    """Indices into the grid ``sigmas`` of the levels fine-tuning at image-scale σ trains in ``sigma_mode``:
+    the level the purifier calls the model at (``nearest``: the nearest to 2σ; ``topup``: the next at or
+    above 2σ); ``exact`` trains at 2σ itself, between grid levels, so both levels around it count."""
+    check_sigma_mode(sigma_mode)
+    if sigma_mode == "nearest":
+        return {level_nearest(sigmas, 2 * sigma)}
+    above = level_at_or_above(sigmas, 2 * sigma)
+    if sigma_mode == "topup" or abs(float(sigmas[above]) / (2 * sigma) - 1) < 1e-9:
+        return {above}
+    return {above, above + 1}  # the grid descends: above + 1 is the level just below 2σ
+
+
+def anchor_levels(sigmas: torch.Tensor, train_sigmas: Sequence[float], sigma_mode: str) -> list[int]:
+    """The grid indices :func:`anchor_loss` draws from: every level but σ_min and those fine-tuning trains
+    (:func:`trained_levels`) at any σ of ``train_sigmas``."""
+    trained = set().union(*(trained_levels(sigmas, s, sigma_mode) for s in train_sigmas))
+    return [k for k in range(len(sigmas) - 1) if k not in trained]
+
+
 def anchor_loss(model: ConsistencyModel, base: ConsistencyModel, x: torch.Tensor, sigmas: Sequence[float],
-                distance: Distance, generator: torch.Generator) -> torch.Tensor:
+                distance: Distance, generator: torch.Generator,
+                sigma_mode: str = DEFAULT_SIGMA_MODE) -> torch.Tensor:
     """Mean d(f_θ(x_σ, σ), f_base(x_σ, σ)) at grid levels σ drawn per sample among those fine-tuning does
-    not train (neither σ_min nor a level reached from 2σ, σ ∈ ``sigmas``), x_σ = 2x − 1 + σ·z, x in [0, 1].
+    not train in ``sigma_mode`` (:func:`anchor_levels`), x_σ = 2x − 1 + σ·z, x in [0, 1].
 
     It keeps the model a consistency model, with the distilled model's one-step samples, away from the
     purification levels, which the fine-tuning objective alone drags along (shared weights).
     """
-    trained = {level_at_or_above(model.sigmas, 2 * s) for s in sigmas}
-    levels = torch.tensor([k for k in range(len(model.sigmas) - 1) if k not in trained])
+    levels = torch.tensor(anchor_levels(model.sigmas, sigmas, sigma_mode))
     s = model.sigmas[levels[torch.randint(0, len(levels), (len(x),), generator=generator)]]
     x_s = 2 * x - 1 + s.to(x).view(-1, 1, 1, 1) * torch.randn(x.shape, generator=generator).to(x.device)
     with torch.no_grad():
@@ -122,7 +142,7 @@ def train_finetune(out: str | Path, config: FinetuneConfig, device: str = "cpu")
         if config.anchor_weight > 0:
             idx = torch.randint(0, len(x_train), (config.anchor_batch,), generator=gen)
             loss = loss + config.anchor_weight * anchor_loss(model, base, x_train[idx.to(device)], config.sigmas,
-                                                             distance, gen)
+                                                             distance, gen, config.sigma_mode)
         optimizer_step(loss, model, opt, sched, ema)
         log.add(step, loss.item(), bar)
     seconds = time.time() - start
