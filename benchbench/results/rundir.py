@@ -30,7 +30,7 @@ LEGACY_COLUMNS = COLUMNS[:9]
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 CONFIG = "config.json"
 # Part of the experiment: rows computed under another noise scheme must not be mixed with these.
-NOISE_SCHEME = ("v3: 64-bit-field keys through SeedSequence, PCG64 + Box-Muller on the CPU, Philox on CUDA; "
+NOISE_SCHEME = ("v3: 64-bit-field keys through SeedSequence, PCG64 + numpy's float32 ziggurat on the CPU, Philox on CUDA; "
                 "certification noise keyed by (seed, image, σ); purifier noise by (seed, image, σ, block of 64 "
                 "copies, vote, draw) on the noise device")
 
