@@ -28,7 +28,7 @@ import torch
 from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
 from benchbench.errors import InvalidArgument
-from benchbench.models.store import _load
+from benchbench.models.store import _load, hub_call
 from benchbench.smoothing.noise import CopyNoise
 from benchbench.models.sigma_modes import check_sigma_mode
 
@@ -83,7 +83,9 @@ class ConsistencyModel(torch.nn.Module):
         t = torch.from_numpy(self.scheduler.sigma_to_t(s.numpy()))
         view = (-1,) + (1,) * (x.dim() - 1)
         cast = dict(device=x.device, dtype=x.dtype)
-        out = self.unet(c_in.to(**cast).view(view) * x, t.to(**cast), class_labels=class_labels).sample
+        # t stays float64: a Fourier embedding (NCSN++) multiplies it into phases of hundreds of radians, where
+        # float32 rounding would move them by ~1e-5; positional embeddings cast it to float32 themselves.
+        out = self.unet(c_in.to(**cast).view(view) * x, t.to(device=x.device), class_labels=class_labels).sample
         return c_skip.to(**cast).view(view) * x + c_out.to(**cast).view(view) * out
 
     def save_pretrained(self, out: str | Path) -> None:
@@ -158,13 +160,23 @@ def consistency_sample(model: ConsistencyModel, x: torch.Tensor, start: int, ste
     return x0
 
 
+def unet_class(ref: str, kind: str = "consistency") -> type:
+    """The network class of a consistency model folder or hub id, from ``unet/config.json``'s ``_class_name``:
+    :class:`~benchbench.models.ncsnpp.NCSNppModel` for a converted NCSN++ (``bench convert ncsnpp-flax``),
+    diffusers' ``UNet2DModel`` otherwise."""
+    from benchbench.models.ncsnpp import NCSNppModel
+
+    config = hub_call(UNet2DModel.load_config, ref, kind, subfolder="unet")
+    return NCSNppModel if config.get("_class_name") == NCSNppModel.__name__ else UNet2DModel
+
+
 def load_consistency(ref: str, device: str | torch.device = "cpu", kind: str = "consistency") -> ConsistencyModel:
     """Load a consistency model in eval mode: embedded name (``digits`` with ``kind`` ``consistency`` or
     ``consistency-ft``), ``ConsistencyModelPipeline`` folder, or hub id — resolved exactly like every other
     model by :mod:`benchbench.models.store`."""
     if kind not in KINDS:
         raise InvalidArgument(f"unknown consistency model kind {kind!r} (available: {', '.join(KINDS)})")
-    unet = _load(UNet2DModel, ref, kind, subfolder="unet")
+    unet = _load(unet_class(ref, kind), ref, kind, subfolder="unet")
     scheduler = _load(CMStochasticIterativeScheduler, ref, kind, subfolder="scheduler")
     return ConsistencyModel(unet, scheduler).to(device).eval()
 
