@@ -146,7 +146,24 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--n", type=int, help="the file's estimation sample count (recorded in each row)")
     imp.add_argument("--alpha", type=float, help="the file's α (recorded; for a new run directory)")
     _add_reporting(sub)
+    _add_convert(sub)
     return parser
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    convert = sub.add_parser("convert", help="turn an original research checkpoint into a folder benchbench loads")
+    csub = convert.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    ncsnpp = csub.add_parser(
+        "ncsnpp-flax", help="openai/consistency_models_cifar10 (flax NCSN++ CD/CT checkpoint) → consistency:model=",
+        description="Convert a checkpoint of openai/consistency_models_cifar10 (the flax training state its "
+                    "save_checkpoint writes; its params_ema are converted) into a ConsistencyModelPipeline-layout "
+                    "folder for consistency:model=FOLDER. The defaults are configs/cifar10_ve_cd.py's: nf=128, "
+                    "ch_mult=2,2,2, num_res_blocks=4, attn_resolutions=16, image_size=32, num_channels=3, "
+                    "t_min=0.002, t_max=80, data_std=0.5, rho=7, num_scales=18; weights=params_ema.")
+    ncsnpp.add_argument("checkpoint", metavar="CHECKPOINT", help="the flax checkpoint file (e.g. checkpoint_80)")
+    ncsnpp.add_argument("--out", required=True, help="new folder to write")
+    ncsnpp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value, by the config's own name (repeatable), e.g. --set nf=64")
 
 
 def _add_reporting(sub: argparse._SubParsersAction) -> None:
@@ -424,9 +441,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from benchbench.models.ncsnpp_convert import convert_ncsnpp_flax
+
+    out = convert_ncsnpp_flax(args.checkpoint, args.out, args.set)
+    print(f"wrote {out}: run it with --purifiers consistency:model={out}")
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "merge": _cmd_merge, "train": _cmd_train, "list": _cmd_list, "plot": _cmd_plot,
             "report": _cmd_report, "quality": _cmd_quality, "compare": _cmd_compare, "evaluate": _cmd_evaluate,
-            "import": _cmd_import}
+            "import": _cmd_import, "convert": _cmd_convert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
