@@ -328,7 +328,7 @@ def convert_ncsnpp_flax(checkpoint: str | Path, out: str | Path, sets: list[str]
     checked before anything is written; the folder is written beside ``out`` under a temporary name and
     renamed, so a failure leaves nothing. Raises InvalidArgument or CheckpointError (one line).
     """
-    from diffusers import CMStochasticIterativeScheduler
+    from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
 
     from benchbench.models.ncsnpp import NCSNppModel
 
@@ -352,11 +352,7 @@ def convert_ncsnpp_flax(checkpoint: str | Path, out: str | Path, sets: list[str]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp / "unet")
-        scheduler.save_pretrained(tmp / "scheduler")
-        (tmp / "model_index.json").write_text(json.dumps(
-            {"_class_name": "ConsistencyModelPipeline", "scheduler": ["diffusers", "CMStochasticIterativeScheduler"],
-             "unet": ["benchbench.models.ncsnpp", "NCSNppModel"]}, indent=2) + "\n")
+        ConsistencyModelPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.rename(out)
     except BaseException:
