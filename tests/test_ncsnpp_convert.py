@@ -30,12 +30,16 @@ SMALL_SETS = ["nf=16", "ch_mult=1,2,2", "num_res_blocks=2", "attn_resolutions=8"
 TOL = 1e-5  # max abs, float32 against the float64 reference
 
 
+def flags(sets: list[str]) -> list[str]:
+    return [arg for s in sets for arg in ("--set", s)]
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("ncsnpp")
     ema, raw = init_params(SMALL, seed=0), init_params(SMALL, seed=1)
     ckpt = write_train_state(root / "checkpoint_80", params_ema=ema, params=raw)
-    assert main(["convert", "ncsnpp-flax", str(ckpt), "--out", str(root / "cm"), *sum((["--set", s] for s in SMALL_SETS), [])]) == 0
+    assert main(["convert", "ncsnpp-flax", str(ckpt), "--out", str(root / "cm"), *flags(SMALL_SETS)]) == 0
     return {"root": root, "ckpt": ckpt, "folder": root / "cm", "ema": ema, "raw": raw}
 
 
@@ -79,7 +83,7 @@ def test_consistency_purifier_equals_the_original_at_the_original_grid(converted
 def test_weights_params_converts_the_raw_parameters_instead(converted, tmp_path):
     out = tmp_path / "raw"
     assert main(["convert", "ncsnpp-flax", str(converted["ckpt"]), "--out", str(out), "--set", "weights=params",
-                 *sum((["--set", s] for s in SMALL_SETS), [])]) == 0
+                 *flags(SMALL_SETS)]) == 0
     x = np.random.RandomState(3).randn(1, 16, 16, 3)
     with torch.no_grad():
         got = load_consistency(str(out))(nchw(x), 1.0).numpy().transpose(0, 2, 3, 1)
@@ -107,7 +111,8 @@ def _corrupt(root: Path, case: str, ckpt: Path) -> Path:
 @pytest.mark.parametrize("case, sets, match", [
     ("nf", ["nf=32"], "GaussianFourierProjection_0/W has shape (16,), the flags give (32,) (check --set nf)"),
     ("blocks", ["num_res_blocks=1"], "(check --set nf, ch_mult, num_res_blocks)"),
-    ("attention", ["attn_resolutions=16"], "AttnBlockpp_0/GroupNorm_0/scale has shape (32,), the flags give (16,) (check --set attn_resolutions, image_size)"),
+    ("attention", ["attn_resolutions=16"],
+     "AttnBlockpp_0/GroupNorm_0/scale has shape (32,), the flags give (16,) (check --set attn_resolutions, image_size)"),
     ("defaults", [], "GaussianFourierProjection_0/W has shape (16,), the flags give (128,)"),
     ("fixed", ["progressive=output_skip"], "only progressive=none is supported"),
     ("unknown", ["nff=16"], "did you mean 'nf'"),
@@ -131,7 +136,7 @@ def test_bad_checkpoint_or_flags_is_one_line_and_writes_nothing(converted, tmp_p
         if case == "defaults":
             sets = []
     before = sorted(p.name for p in tmp_path.iterdir())
-    code = main(["convert", "ncsnpp-flax", str(ckpt), "--out", str(out), *sum((["--set", s] for s in sets), [])])
+    code = main(["convert", "ncsnpp-flax", str(ckpt), "--out", str(out), *flags(sets)])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and match in err, err
