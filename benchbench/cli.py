@@ -148,20 +148,36 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--n", type=int, help="the file's estimation sample count (recorded in each row)")
     imp.add_argument("--alpha", type=float, help="the file's α (recorded; with --n, radii above what n samples "
                                                   "at α can certify are refused; bench report --alpha-aware needs it)")
-    convert = sub.add_parser("convert", help="turn another codebase's checkpoint into a folder the purifiers load")
-    convert.add_argument("format", choices=["openai-unet"],
-                         help="openai-unet: a UNetModel state_dict of improved-diffusion, guided-diffusion or "
-                              "consistency_models")
-    convert.add_argument("checkpoint", metavar="CHECKPOINT.pt")
-    convert.add_argument("--out", required=True, help="new folder to write (a DDPMPipeline- or "
-                                                      "ConsistencyModelPipeline-style folder)")
-    convert.add_argument("--profile", help="flags of a published file: dds-cifar10, guided-256-uncond, "
-                                           "guided-64-cond, cm-imagenet64, cm-lsun256")
-    convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="one of the original scripts' flags (image_size, num_channels, …), over the profile; "
-                              "repeatable")
     _add_reporting(sub)
+    _add_convert(sub)
     return parser
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    convert = sub.add_parser("convert", help="turn an original research checkpoint into a folder benchbench loads")
+    csub = convert.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    openai = csub.add_parser(
+        "openai-unet", help="a UNetModel state_dict of improved-diffusion, guided-diffusion or consistency_models "
+                            "→ ddpm/sde/pfode/densepure:model= or consistency:model=")
+    openai.add_argument("checkpoint", metavar="CHECKPOINT.pt")
+    openai.add_argument("--out", required=True, help="new folder to write (a DDPMPipeline- or "
+                                                     "ConsistencyModelPipeline-style folder)")
+    openai.add_argument("--profile", help="flags of a published file: dds-cifar10, guided-256-uncond, "
+                                          "guided-64-cond, cm-imagenet64, cm-lsun256")
+    openai.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one of the original scripts' flags (image_size, num_channels, …), over the profile; "
+                             "repeatable")
+    ncsnpp = csub.add_parser(
+        "ncsnpp-flax", help="openai/consistency_models_cifar10 (flax NCSN++ CD/CT checkpoint) → consistency:model=",
+        description="Convert a checkpoint of openai/consistency_models_cifar10 (the flax training state its "
+                    "save_checkpoint writes; its params_ema are converted) into a ConsistencyModelPipeline-layout "
+                    "folder for consistency:model=FOLDER. The defaults are configs/cifar10_ve_cd.py's: nf=128, "
+                    "ch_mult=2,2,2, num_res_blocks=4, attn_resolutions=16, image_size=32, num_channels=3, "
+                    "t_min=0.002, t_max=80, data_std=0.5, rho=7, num_scales=18; weights=params_ema.")
+    ncsnpp.add_argument("checkpoint", metavar="CHECKPOINT", help="the flax checkpoint file (e.g. checkpoint_80)")
+    ncsnpp.add_argument("--out", required=True, help="new folder to write")
+    ncsnpp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value, by the config's own name (repeatable), e.g. --set nf=64")
 
 
 def _add_reporting(sub: argparse._SubParsersAction) -> None:
@@ -448,10 +464,16 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from benchbench.models.openai_unet import CONVERSION, convert
+    if args.source == "openai-unet":
+        from benchbench.models.openai_unet import CONVERSION, convert
 
-    out = convert(args.checkpoint, args.out, profile=args.profile, settings=args.set)
-    print(f"wrote {out} (diffusers folder; {CONVERSION} records the source and its timestep scale)")
+        out = convert(args.checkpoint, args.out, profile=args.profile, settings=args.set)
+        print(f"wrote {out} (diffusers folder; {CONVERSION} records the source and its timestep scale)")
+        return 0
+    from benchbench.models.ncsnpp_convert import convert_ncsnpp_flax
+
+    out = convert_ncsnpp_flax(args.checkpoint, args.out, args.set)
+    print(f"wrote {out}: run it with --purifiers consistency:model={out}")
     return 0
 
 

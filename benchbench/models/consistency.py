@@ -83,7 +83,9 @@ class ConsistencyModel(torch.nn.Module):
         t = torch.from_numpy(self.scheduler.sigma_to_t(s.numpy()))
         view = (-1,) + (1,) * (x.dim() - 1)
         cast = dict(device=x.device, dtype=x.dtype)
-        out = self.unet(c_in.to(**cast).view(view) * x, t.to(**cast), class_labels=class_labels).sample
+        # t stays float64: a Fourier embedding (NCSN++) multiplies it into phases of hundreds of radians, where
+        # float32 rounding would move them by ~1e-5; positional embeddings cast it to float32 themselves.
+        out = self.unet(c_in.to(**cast).view(view) * x, t.to(device=x.device), class_labels=class_labels).sample
         return c_skip.to(**cast).view(view) * x + c_out.to(**cast).view(view) * out
 
     def save_pretrained(self, out: str | Path) -> None:

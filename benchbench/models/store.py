@@ -160,15 +160,25 @@ class RescaledTimesteps(torch.nn.Module):
         return self.unet(sample, t, class_labels=class_labels, return_dict=return_dict)
 
 
+def unet_class(ref: str, kind: str) -> type:
+    """The network class of a pipeline folder or hub id, from ``unet/config.json``'s ``_class_name``:
+    :class:`~benchbench.models.ncsnpp.NCSNppModel` for a converted NCSN++ (``bench convert ncsnpp-flax``),
+    diffusers' ``UNet2DModel`` otherwise."""
+    from diffusers import UNet2DModel
+
+    from benchbench.models.ncsnpp import NCSNppModel
+
+    config = hub_call(UNet2DModel.load_config, ref, kind, subfolder="unet")
+    return NCSNppModel if config.get("_class_name") == NCSNppModel.__name__ else UNet2DModel
+
+
 def load_unet(ref: str, kind: str) -> torch.nn.Module:
     """The ``unet/`` of a pipeline folder or hub id, computing what its original computed: wrapped in
     :class:`RescaledTimesteps`, and its attentions given their original head counts, when the folder's
     ``conversion.json`` (``bench convert``) says so."""
-    from diffusers import UNet2DModel
-
     from benchbench.models.openai_unet import attention_heads, set_attention_heads, timestep_scale
 
-    unet = _load(UNet2DModel, ref, kind, subfolder="unet")
+    unet = _load(unet_class(ref, kind), ref, kind, subfolder="unet")
     where = Path(resolve(ref, kind))
     if not where.is_dir():
         return unet
