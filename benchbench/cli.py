@@ -162,7 +162,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     openai.add_argument("checkpoint", metavar="CHECKPOINT.pt")
     openai.add_argument("--out", required=True, help="new folder to write (a DDPMPipeline- or "
                                                      "ConsistencyModelPipeline-style folder)")
-    openai.add_argument("--profile", help="flags of a published file: dds-cifar10, guided-256-uncond, "
+    openai.add_argument("--profile", help="flags of a published file: dds-cifar10, guided-256-uncond, dds-imagenet, "
                                           "guided-64-cond, cm-imagenet64, cm-lsun256")
     openai.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="one of the original scripts' flags (image_size, num_channels, …), over the profile; "

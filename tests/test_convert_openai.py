@@ -29,6 +29,9 @@ REDUCED = {
     "cm-imagenet64": ["num_channels=32", "num_head_channels=32", "num_res_blocks=1"],
     "cm-lsun256": ["image_size=64", "channel_mult=1,1,2,2", "num_channels=32", "num_head_channels=32",
                    "num_res_blocks=1"],
+    # DDS's ImageNet use: 56 = 64·7/8 as 224 = 256·7/8, the same four halvings.
+    "dds-imagenet": ["image_size=64", "channel_mult=1,1,2,2", "num_channels=32", "num_head_channels=32",
+                     "num_res_blocks=1", "run_size=56"],
 }
 MAX_DIFF: dict[str, float] = {}
 
@@ -68,7 +71,7 @@ def test_converted_network_equals_the_original_forward_pass(world, profile):
     from benchbench.models.store import load_ddpm
 
     folder, ref, flags = world[profile]
-    size = flags["image_size"]
+    size = flags["run_size"] or flags["image_size"]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, size, size, generator=g)
     y = labels_for(flags, 2)
@@ -88,7 +91,8 @@ def test_converted_network_equals_the_original_forward_pass(world, profile):
 
 
 @pytest.mark.parametrize("profile, sigmas", [("dds-cifar10", (0.12, 0.25, 0.5, 1.0)),
-                                             ("guided-256-uncond", (0.25, 0.5, 1.0))])
+                                             ("guided-256-uncond", (0.25, 0.5, 1.0)),
+                                             ("dds-imagenet", (0.25, 0.5, 1.0))])
 def test_ddpm_purifier_equals_dds_pred_xstart(world, profile, sigmas):
     """DDS: t* = the first t whose √(1−ᾱ)/√ᾱ reaches 2σ, x_t = √ᾱ_{t*}·(2·x_noisy − 1), then improved-diffusion's
     pred_xstart (clip_denoised=True) from the network fed t* (·1000/T with rescale_timesteps)."""
@@ -98,7 +102,8 @@ def test_ddpm_purifier_equals_dds_pred_xstart(world, profile, sigmas):
     folder, ref, flags = world[profile]
     purifier = DDPMPurifier(model=str(folder))
     diffusion = Diffusion(flags["noise_schedule"], flags["diffusion_steps"], flags["rescale_timesteps"])
-    size = flags["image_size"]
+    size = flags["run_size"] or flags["image_size"]
+    assert purifier.image_shape == (3, size, size)  # what the harness checks against the dataset
     g = torch.Generator().manual_seed(2)
     x = torch.rand(3, 3, size, size, generator=g)
     for sigma in sigmas:
@@ -270,6 +275,8 @@ def test_profiles_carry_the_published_flags():
     assert (cm["num_channels"], cm["num_res_blocks"], cm["num_head_channels"], cm["steps"]) == (192, 3, 64, 40)
     assert cm["class_cond"] and cm["resblock_updown"] and cm["use_scale_shift_norm"] and not cm["learn_sigma"]
     assert (cm["sigma_min"], cm["sigma_max"]) == (0.002, 80.0)
+    dds_in = resolve_flags("dds-imagenet")
+    assert {k: v for k, v in dds_in.items() if k != "run_size"} == g256 and dds_in["run_size"] == 224
     lsun = resolve_flags("cm-lsun256")
     assert (lsun["image_size"], lsun["num_channels"], lsun["use_scale_shift_norm"]) == (256, 256, False)
     assert set(PROFILES) == set(REDUCED)
@@ -350,3 +357,16 @@ def test_heads_of_different_widths_convert_exactly(tmp_path):
     with torch.no_grad():
         diff = (unet(x, t).sample - ref(x, t.float() * 0.25)).abs().max().item()
     assert record("network unequal head widths", diff) <= TOL
+
+
+@pytest.mark.parametrize("run_size", ["60", "4", "0x"])
+def test_a_run_size_the_network_cannot_halve_is_one_line(world, tmp_path, capsys, run_size):
+    folder, ref, flags = world["dds-imagenet"]
+    ckpt = tmp_path / "ref.pt"
+    torch.save(ref.state_dict(), ckpt)
+    sets = [a for s in REDUCED["dds-imagenet"][:-1] + [f"run_size={run_size}"] for a in ("--set", s)]
+    assert main(["convert", "openai-unet", str(ckpt), "--out", str(tmp_path / "out"), "--profile", "dds-imagenet",
+                 *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run_size" in err
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,10 @@ FLAGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     # gradient checkpointing), not its weights, which are read as fp32 (bench run --precision runs fp16).
     "use_fp16": (_bool, False),
     "use_checkpoint": (_bool, False),
+    # benchbench's own, not an original flag: the image size the folder declares it runs at (0: image_size).
+    # The network is convolutional and its attention sits at fixed downsampling rates, so it computes at
+    # another size what the original computes there; DDS feeds its 256-px ImageNet model 224-px crops.
+    "run_size": (int, 0),
 }
 
 # The published files, flags as their READMEs / launch scripts give them (the sources are in the README).
@@ -99,6 +103,11 @@ PROFILES: dict[str, dict[str, Any]] = {
                            attention_resolutions="32,16,8", resblock_updown=True, use_new_attention_order=True,
                            learn_sigma=True, class_cond=True, diffusion_steps=1000, noise_schedule="cosine",
                            use_scale_shift_norm=True, dropout=0.1, rescale_timesteps=False),
+    # The same file as DDS runs it: on Cohen et al.'s 224-px centre crops (DDS imagenet/certify.py).
+    "dds-imagenet": dict(image_size=256, num_channels=256, num_res_blocks=2, num_heads=4, num_head_channels=64,
+                         attention_resolutions="32,16,8", resblock_updown=True, use_new_attention_order=False,
+                         learn_sigma=True, class_cond=False, diffusion_steps=1000, noise_schedule="linear",
+                         use_scale_shift_norm=True, dropout=0.0, rescale_timesteps=False, run_size=224),
     # consistency_models cd_imagenet64_lpips.pt / cd_imagenet64_l2.pt / ct_imagenet64.pt (launch.sh).
     "cm-imagenet64": dict(image_size=64, num_channels=192, num_res_blocks=3, num_head_channels=64,
                           attention_resolutions="32,16,8", resblock_updown=True, use_scale_shift_norm=True,
@@ -165,6 +174,11 @@ class _Arch:
         if any(c < 32 or c % 32 for c in self.channels):  # every norm of the family is GroupNorm(32, ·)
             raise InvalidArgument(f"num_channels={self.model_channels} with channel_mult {mult} gives "
                                   f"{self.channels} channels; 32-group norms need multiples of 32")
+        self.run_size = flags["run_size"] or size
+        stride = 2 ** (self.levels - 1)
+        if self.run_size < stride or self.run_size % stride:
+            raise InvalidArgument(f"run_size={self.run_size}: {self.levels} levels halve the image "
+                                  f"{self.levels - 1} times, so it must be a multiple of {stride}")
         self.blocks = flags["num_res_blocks"]
         self.updown = flags["resblock_updown"]
         self.consistency = flags["training_mode"] in CONSISTENCY_MODES
@@ -216,7 +230,7 @@ class _Arch:
             plain = "ResnetUpsampleBlock2D" if self.updown else "UpBlock2D"
             up.append("AttnUpBlock2D" if self.attends(level) else plain)
         return dict(
-            sample_size=self.flags["image_size"], in_channels=3, out_channels=self.out_channels,
+            sample_size=self.run_size, in_channels=3, out_channels=self.out_channels,
             block_out_channels=tuple(self.channels), layers_per_block=self.blocks,
             down_block_types=tuple(down), up_block_types=tuple(up),
             downsample_type="resnet" if self.updown else "conv", upsample_type="resnet" if self.updown else "conv",
