@@ -119,3 +119,57 @@ def test_a_batch_of_more_than_10000_rows_gives_the_rows_of_small_batches(tmp_pat
     assert len(a) == 70
     cols = ["idx", "label", "predict", "radius", "correct", "pa_lower", "n"]
     pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))
+
+
+def test_channels_last_changes_no_row_and_is_recorded(tmp_path):
+    common = dict(purifiers=[PurifierSpec.parse("ddpm")], sigmas=(0.5,), n0=8, n=24, alpha=0.1, num_images=2)
+    fast = run(RunConfig(**common, channels_last=True, out=str(tmp_path / "cl")))
+    plain = run(RunConfig(**common, out=str(tmp_path / "plain")))
+    env = json.loads((fast.run_dir / "config.json").read_text())["environment"]
+    assert env["speed"] == {"channels_last": True, "compile": False}
+    cols = ["idx", "predict", "radius", "pa_lower", "nfe"]
+    pd.testing.assert_frame_equal(_rows(fast.run_dir)[cols].reset_index(drop=True),
+                                  _rows(plain.run_dir)[cols].reset_index(drop=True))
+
+
+def test_compiled_networks_still_count_nfe_and_give_the_same_rows(tmp_path, monkeypatch, tiny_ddpm):
+    """--compile wraps each network's forward, not the module: the NFE hooks stay outside the compiled code.
+    Compiled here with dynamo's eager backend (the tracing and the hooks are what is tested; inductor's
+    code generation takes minutes on this CPU and is measured by benchmarks/throughput.py)."""
+    import functools
+
+    import benchbench.run.speed as speed
+
+    monkeypatch.setattr(speed.torch, "compile", functools.partial(torch.compile, backend="eager"))
+    common = dict(purifiers=[PurifierSpec.parse(f"ddpm:model={tiny_ddpm}")], sigmas=(0.5,), n0=4, n=12,
+                  alpha=0.1, num_images=2)
+    compiled = run(RunConfig(**common, compile=True, out=str(tmp_path / "compiled")))
+    plain = run(RunConfig(**common, out=str(tmp_path / "plain")))
+    a, b = _rows(compiled.run_dir), _rows(plain.run_dir)
+    assert a["nfe"].eq(1).all()
+    cols = ["idx", "predict", "radius", "pa_lower", "nfe"]
+    pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b[cols].reset_index(drop=True))
+    env = json.loads((compiled.run_dir / "config.json").read_text())["environment"]
+    assert env["speed"] == {"channels_last": False, "compile": True}
+
+
+def test_reference_gpu_script_runs_on_the_cpu_at_tiny_settings(tmp_path):
+    """benchmarks/reference_gpu.sh end to end with DEVICE=cpu and tiny n: shards in parallel, merge, report
+    (without quality and figures, which other tests cover); the merged run is the reference protocol's (all
+    purifiers, σ 0.25 and 0.5, α 0.001) at the script's bf16."""
+    out = tmp_path / "ref"
+    env = {**os.environ, "DEVICE": "cpu", "IMAGES": "2", "N0": "4", "N": "8", "BATCH": "64", "SHARDS": "2",
+           "ARTIFACTS": "0", "OUT": str(out), "BENCH": str(Path(sys.executable).parent / "bench")}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "reference_gpu.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    experiment = json.loads((out / "config.json").read_text())["experiment"]
+    assert experiment["precision"] == "bf16" and experiment["sigmas"] == [0.25, 0.5]
+    assert (experiment["n0"], experiment["n"], experiment["alpha"]) == (4, 8, 0.001)
+    labels = {p["label"] for p in experiment["purifiers"]}
+    assert labels == {"identity", "cohen", "ddpm", "sde", "densepure", "pfode", "consistency", "consistency-ft"}
+    rows = _rows(out)
+    assert len(rows) == len(labels) * 2 * 2  # every purifier × σ × image, each once, from the two shards
+    report = (out / "report.md").read_text()
+    assert all(f"| {label}" in report for label in labels)
+    assert "total" in proc.stdout and "| densepure" in proc.stdout

@@ -33,6 +33,7 @@ from benchbench.models.store import fingerprint, load_classifier
 from benchbench.smoothing.nfe import ForwardCounter
 from benchbench.run.plan import Shard, Task, images_per_task, make_tasks, shard_units, units
 from benchbench.run.presets import preset_values
+from benchbench.run.speed import apply_speed_options, speed_record
 from benchbench.registry import Purifier, PurifierSpec, get_purifier, parse_purifier_list
 from benchbench.run.resources import MemoryModel, check_batch_memory, check_device, check_output_location, \
     measure_peak
@@ -73,6 +74,8 @@ class RunConfig:
     executor: str = "local"  # "local" or "ray"
     address: str | None = None  # Ray cluster address (None: a local cluster)
     threads: int = 1  # torch threads per Ray worker on CPU
+    channels_last: bool = False  # networks in channels_last memory format (speed only: environment)
+    compile: bool = False  # networks' forward through torch.compile (speed only: environment)
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)  # unknown dataset → UnknownName
@@ -120,7 +123,8 @@ class RunConfig:
             values["sigmas"] = tuple(_parse_float(s, "sigma") for s in args.sigmas.split(",") if s.strip())
         values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         values["download"] = bool(getattr(args, "download", False))
-        for key in ("noise_device", "precision", "shard", "executor", "address", "threads"):
+        for key in ("noise_device", "precision", "shard", "executor", "address", "threads", "channels_last",
+                    "compile"):
             if getattr(args, key, None) is not None:
                 values[key] = getattr(args, key)
         return cls(purifiers=parse_purifier_list(args.purifiers), preset=args.preset, **values)
@@ -239,6 +243,9 @@ def build_context(config: RunConfig, device: torch.device) -> Context:
     for key, ref in own_refs.items():
         own_classifiers[key] = load_classifier(ref, device, config.dataset)
         check_classifier(own_classifiers[key], ref, test)
+    if config.channels_last or config.compile:
+        nets = [classifier, *own_classifiers.values(), *(n for p in purifiers.values() for n in (p.networks or ()))]
+        apply_speed_options(nets, channels_last=config.channels_last, compile=config.compile)
     return Context(config, device, test, config.image_indices(len(test)), classifier, classifier_ref, purifiers,
                    own_refs, own_classifiers)
 
@@ -287,7 +294,8 @@ def prepare(config: RunConfig) -> Prepared:
                              "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
                              "data_source": ctx.test.meta.get("source"),
                              # what quality.csv's LPIPS-style distance is built on (not the certified classifier)
-                             "perceptual_distance": _distance_record(config.dataset)}
+                             "perceptual_distance": _distance_record(config.dataset),
+                             "speed": speed_record(config.channels_last, config.compile)}
     if config.shard:
         extra["shard"] = str(Shard.parse(config.shard))
     run_config = {"experiment": experiment, "environment": environment(device, **extra), "files": files}
