@@ -173,3 +173,23 @@ def test_reference_gpu_script_runs_on_the_cpu_at_tiny_settings(tmp_path):
     report = (out / "report.md").read_text()
     assert all(f"| {label}" in report for label in labels)
     assert "total" in proc.stdout and "| densepure" in proc.stdout
+
+
+def test_throughput_bare_loop_runs_under_the_runs_precision():
+    """benchmarks/throughput.py compares like with like: under --precision bf16 the bare loop's networks
+    compute in bf16, as the harness's do."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    ctx = build_context(RunConfig(purifiers=[PurifierSpec.parse("ddpm")], sigmas=(0.5,), n0=2, n=4,
+                                  precision="bf16", num_images=1), CPU)
+    conv = next(m for m in ctx.purifiers["ddpm"].unet.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    handle = conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        throughput.bare_loop(ctx, "ddpm", ctx.indices[:1], 2, 4, 4)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}
