@@ -193,3 +193,15 @@ def test_throughput_bare_loop_runs_under_the_runs_precision():
     finally:
         handle.remove()
     assert seen and set(seen) == {torch.bfloat16}
+
+
+def test_threads_sets_a_local_runs_torch_threads_and_records_them(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        result = run(RunConfig(purifiers=[PurifierSpec.parse("identity")], sigmas=(0.5,), n0=4, n=8, alpha=0.1,
+                               num_images=1, threads=1, out=str(tmp_path / "run")))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    env = json.loads((result.run_dir / "config.json").read_text())["environment"]
+    assert env["torch_threads"] == 1

@@ -73,7 +73,9 @@ class RunConfig:
     shard: str | None = None  # "K/N": run only that deterministic part of the units
     executor: str = "local"  # "local" or "ray"
     address: str | None = None  # Ray cluster address (None: a local cluster)
-    threads: int = 1  # torch threads per Ray worker on CPU
+    # torch threads: of each Ray worker on CPU (default 1), or of this process in a local run (default:
+    # torch's, one per core; 1 is faster on a CPU shared with other jobs, see README "The CPU path")
+    threads: int | None = None
     channels_last: bool = False  # networks in channels_last memory format (speed only: environment)
     compile: bool = False  # networks' forward through torch.compile (speed only: environment)
 
@@ -108,7 +110,7 @@ class RunConfig:
             Shard.parse(self.shard)
         if self.executor not in EXECUTORS:
             raise InvalidArgument(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if self.threads < 1:
+        if self.threads is not None and self.threads < 1:
             raise InvalidArgument(f"threads must be >= 1, got {self.threads}")
 
     @classmethod
@@ -253,6 +255,8 @@ def build_context(config: RunConfig, device: torch.device) -> Context:
 def prepare(config: RunConfig) -> Prepared:
     """Build and check everything a run needs, writing nothing: raises a BenchError on the first problem."""
     device = check_device(config.device)
+    if config.threads and config.executor == "local":
+        torch.set_num_threads(config.threads)  # before environment() records it
     run_dir = Path(config.out or f"results/{config.preset}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_output_location(run_dir)
     check_unlocked(run_dir)
@@ -518,7 +522,7 @@ def _execute(p: Prepared) -> RunResult:
 
             if config.executor == "ray":
                 run_ray(p, certify_task, tasks, on_rows, on_fault, failures.__contains__, build=build_context,
-                        address=config.address, threads=config.threads)
+                        address=config.address, threads=config.threads or 1)
             else:
                 run_local(p, certify_task, tasks, on_rows, on_fault, failures.__contains__)
     finally:
