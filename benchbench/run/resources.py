@@ -74,12 +74,11 @@ class PeakMeter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor) and not t.is_meta}
+        inputs = {s.data_ptr() for s in map(_storage, pytree.tree_leaves((args, kwargs))) if s is not None}
         for t in pytree.tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or t.is_meta:
+            storage = _storage(t)
+            if storage is None:
                 continue
-            storage = t.untyped_storage()
             key, nbytes = storage.data_ptr(), storage.nbytes()
             # a view or an in-place result shares an input's storage; a storage seen already is counted once
             if nbytes == 0 or key in inputs or key in self._tracked:
@@ -91,10 +90,21 @@ class PeakMeter(TorchDispatchMode):
         return out
 
 
+def _storage(t: Any) -> torch.UntypedStorage | None:
+    """The storage behind a dense tensor; None for anything else (a sparse or meta tensor, a non-tensor)."""
+    if not isinstance(t, torch.Tensor) or t.is_meta:
+        return None
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def measure_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int]:
     """``fn()``'s result and the bytes it had allocated on top of what was allocated before, at its peak:
     ``torch.cuda.max_memory_allocated`` on a CUDA device (the allocator's own count, workspaces included),
-    the live tensor storage of :class:`PeakMeter` elsewhere (the CPU has no allocator statistics)."""
+    the live tensor storage of :class:`PeakMeter` elsewhere (torch's CPU allocator keeps no peak; the
+    profiler's memory trace has one, but takes seconds to start and prints to stderr)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
