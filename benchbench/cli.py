@@ -74,7 +74,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "ray"],
                      help="local (default): this process; ray: tasks on a Ray cluster, rows written here")
     run.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
-    run.add_argument("--threads", type=int, help="torch threads per Ray worker on CPU (default: 1)")
+    run.add_argument("--threads", type=int,
+                     help="torch threads: per Ray worker on CPU (default: 1), or of this process in a local run "
+                          "(default: torch's, one per core; 1 is faster on a CPU shared with other jobs)")
+    run.add_argument("--channels-last", action="store_true", default=None,
+                     help="networks in channels_last memory format (speed only; recorded in environment.speed)")
+    run.add_argument("--compile", action="store_true", default=None,
+                     help="torch.compile each network's forward (compile time is paid once per process; "
+                          "recorded in environment.speed)")
     run.add_argument("--no-report", action="store_true",
                      help="write rows and the summary only; no quality, report or figures (bench report and "
                           "bench plot write them later)")

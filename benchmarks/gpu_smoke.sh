@@ -7,13 +7,14 @@
 # Every input can be overridden (the CPU check in the README runs it on test fixtures this way):
 #   DATA_DIR (./data)  DDPM (google/ddpm-cifar10-32)  CLASSIFIER (hf:aaraki/vit-base-patch16-224-in21k-finetuned-cifar10)
 #   CM (unset: a consistency model folder, e.g. from `bench train distill`; adds consistency:class_label=none)
-#   DEVICE (cuda)  IMAGES (20)  N0 (100)  N (1000)  BATCH (500)  SIGMAS (0.25,0.5,1.0)  OUT (results/gpu-smoke-<time>)
+#   DEVICE (cuda)  NOISE_DEVICE (device: noise drawn on DEVICE, the fast GPU path)  IMAGES (20)  N0 (100)  N (1000)  BATCH (500)  SIGMAS (0.25,0.5,1.0)  OUT (results/gpu-smoke-<time>)
 #   BENCH (bench)  PYTHON (python3, with pandas: the venv's)
 set -euo pipefail
 DATA_DIR=${DATA_DIR:-data}
 DDPM=${DDPM:-google/ddpm-cifar10-32}
 CLASSIFIER=${CLASSIFIER:-hf:aaraki/vit-base-patch16-224-in21k-finetuned-cifar10}
 DEVICE=${DEVICE:-cuda}
+NOISE_DEVICE=${NOISE_DEVICE:-device}
 IMAGES=${IMAGES:-20}
 N0=${N0:-100}
 N=${N:-1000}
@@ -31,7 +32,7 @@ download=()
 start=$(date +%s)
 "$BENCH" run --dataset cifar10 --data-dir "$DATA_DIR" "${download[@]}" --classifier "$CLASSIFIER" \
     --purifiers "$PURIFIERS" --num-images "$IMAGES" --n0 "$N0" --n "$N" --batch-size "$BATCH" \
-    --sigmas "$SIGMAS" --device "$DEVICE" --out "$OUT"
+    --sigmas "$SIGMAS" --device "$DEVICE" --noise-device "$NOISE_DEVICE" --out "$OUT"
 end=$(date +%s)
 
 "$PYTHON" - "$OUT" "$N0" "$N" "$((end - start))" <<'PY'

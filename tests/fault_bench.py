@@ -47,9 +47,10 @@ _simple("raises", lambda x: (_ for _ in ()).throw(RuntimeError("boom inside the 
 
 
 def _late_nan(x: torch.Tensor) -> torch.Tensor:
-    # Fine for the pre-run check and the first image, NaN from then on.
+    # Fine for the pre-run check (three calls: contract, then two memory probes) and the first image, NaN from
+    # then on.
     CALLS["n"] += 1
-    return x.clamp(0, 1) * (float("nan") if CALLS["n"] > 2 else 1.0)
+    return x.clamp(0, 1) * (float("nan") if CALLS["n"] > 4 else 1.0)
 
 
 _simple("late-nan", _late_nan)

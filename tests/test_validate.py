@@ -111,7 +111,8 @@ def test_a_voting_purifier_never_gives_the_networks_more_rows_than_the_batch_siz
     CountingVoter.rows.clear()
     assert main([*args, "--batch-size", "64", "--out", str(tmp_path / "a")]) == 0
     # 64 noisy copies per batch, 3 votes each: at most 21 inputs (63 rows) per call, and every copy is purified.
-    assert max(CountingVoter.rows) == 63 and sum(CountingVoter.rows) == 3 * (2 * 58 + 2)  # + the pre-run check
+    # + the pre-run check: 2 copies, then the memory probes on 2 and 8
+    assert max(CountingVoter.rows) == 63 and sum(CountingVoter.rows) == 3 * (2 * 58 + 2 + 2 + 8)
     assert main([*args, "--batch-size", "2", "--out", str(tmp_path / "b")]) == 0  # fewer rows than votes: 1 input
     name = tsv_name("test-counting-voter", 0.5)
     a, b = (pd.read_csv(tmp_path / d / name, sep="\t").drop(columns="time") for d in "ab")

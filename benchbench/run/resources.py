@@ -1,13 +1,17 @@
-"""Checks of the machine before a run writes anything: the device, memory for one batch, and a writable
-output location."""
+"""Checks of the machine before a run writes anything: the device, memory for one batch (measured, not
+guessed), and a writable output location."""
 
 from __future__ import annotations
 
 import os
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchbench.errors import InvalidArgument
 
@@ -51,65 +55,101 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-class ActivationMeter:
-    """Measures, during one small forward pass, an upper bound of the memory the networks need per input
-    row: for each top-level network call, the bytes of every leaf module's outputs (all that a no-grad
-    forward can hold at once), divided by the rows of the batch that was purified.
+class PeakMeter(TorchDispatchMode):
+    """Bytes of tensor storage allocated and alive at the peak of a block, on any device: every storage an
+    operator creates is counted from its creation until it is freed (a finaliser on the storage), so what a
+    no-grad forward frees as it goes is not counted twice. Storages that existed before (weights, inputs,
+    views of them) are not counted. Memory an operator uses internally and frees before it returns
+    (a convolution's workspace) is not seen; :func:`measure_peak` uses the CUDA allocator's own peak there."""
 
-    TorchScript modules refuse hooks, so they are opaque: a module whose children are all TorchScript
-    counts as a leaf (its output only), and a TorchScript network is not measured. Their activations are
-    then left out of the estimate, which is a lower bound for them."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._tracked: set[int] = set()
 
-    def __init__(self, networks: Sequence[torch.nn.Module]):
-        self.networks = [n for n in networks if isinstance(n, torch.nn.Module)]
-        self.peak = 0  # bytes of the largest top-level call
-        self._current = 0
-        self._handles: list = []
+    def _free(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live -= nbytes
 
-    def _leaf_hook(self, module: torch.nn.Module, args: tuple, output: object) -> None:
-        for t in (output if isinstance(output, (tuple, list)) else (output,)):
-            if isinstance(t, torch.Tensor):
-                self._current += t.numel() * t.element_size()
-            elif hasattr(t, "sample") and isinstance(t.sample, torch.Tensor):  # diffusers' output classes
-                self._current += t.sample.numel() * t.sample.element_size()
-
-    def _start(self, *_: object) -> None:
-        self._current = 0
-
-    def _end(self, *_: object) -> None:
-        self.peak = max(self.peak, self._current)
-
-    def __enter__(self) -> "ActivationMeter":
-        for net in self.networks:
-            if _scripted(net):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+        out = func(*args, **(kwargs or {}))
+        inputs = {s.data_ptr() for s in map(_storage, pytree.tree_leaves((args, kwargs))) if s is not None}
+        for t in pytree.tree_leaves(out):
+            storage = _storage(t)
+            if storage is None:
                 continue
-            self._handles.append(net.register_forward_pre_hook(self._start))
-            self._handles.append(net.register_forward_hook(self._end))
-            for m in net.modules():
-                if not _scripted(m) and all(_scripted(c) for c in m.children()):
-                    self._handles.append(m.register_forward_hook(self._leaf_hook))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            # a view or an in-place result shares an input's storage; a storage seen already is counted once
+            if nbytes == 0 or key in inputs or key in self._tracked:
+                continue
+            self._tracked.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key, nbytes)
+        return out
 
 
-def _scripted(module: torch.nn.Module) -> bool:
-    return isinstance(module, torch.jit.ScriptModule)
+def _storage(t: Any) -> torch.UntypedStorage | None:
+    """The storage behind a dense tensor; None for anything else (a sparse or meta tensor, a non-tensor)."""
+    if not isinstance(t, torch.Tensor) or t.is_meta:
+        return None
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
-def check_batch_memory(per_row: int, rows: int, device: torch.device, what: str,
+def measure_peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int]:
+    """``fn()``'s result and the bytes it had allocated on top of what was allocated before, at its peak:
+    ``torch.cuda.max_memory_allocated`` on a CUDA device (the allocator's own count, workspaces included),
+    the live tensor storage of :class:`PeakMeter` elsewhere (torch's CPU allocator keeps no peak; the
+    profiler's memory trace has one, but takes seconds to start and prints to stderr)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result, max(0, torch.cuda.max_memory_allocated(device) - before)
+    with PeakMeter() as meter:
+        result = fn()
+    return result, meter.peak
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Bytes one network batch needs: ``fixed`` + ``per_row`` × rows, fitted through the measured peaks of
+    two batch sizes (so what does not grow with the batch, like an autocast weight cache, is not charged
+    per row)."""
+
+    fixed: int
+    per_row: int
+
+    @classmethod
+    def fit(cls, rows: tuple[int, int], peaks: tuple[int, int]) -> "MemoryModel":
+        """The line through (rows[0], peaks[0]) and (rows[1], peaks[1]); with one batch size, all per row."""
+        (a, b), (pa, pb) = rows, peaks
+        if b <= a or pb <= pa:  # no slope to fit: charge the larger peak to the rows it was measured on
+            return cls(0, max(1, -(-max(pa, pb) // max(b, 1))))
+        per_row = -(-(pb - pa) // (b - a))  # rounded up
+        return cls(max(0, pb - per_row * b), per_row)
+
+    def need(self, rows: int) -> int:
+        return self.fixed + self.per_row * rows
+
+
+def check_batch_memory(model: MemoryModel, rows: int, device: torch.device, what: str,
                        free: Callable[[torch.device], int] = available_memory) -> None:
-    """Refuse a batch of ``rows`` rows needing ``per_row`` bytes each when ``device`` has not that much free."""
-    need = per_row * rows
+    """Refuse a batch of ``rows`` rows needing ``model.need(rows)`` bytes when ``device`` has not that much
+    free (less a headroom)."""
+    need = model.need(rows)
     have = int(free(device) * MEMORY_FRACTION)
     if need > have:
-        fits = max(1, have // max(per_row, 1))
+        fits = max(1, (have - model.fixed) // max(model.per_row, 1))
         raise InvalidArgument(f"{what}: a batch of {rows:,} noisy samples needs about {_gb(need)} on {device} "
-                            f"(estimated from the networks' activations), more than the {_gb(have)} free; "
-                            f"use --batch-size {fits:,} or less")
+                              f"(measured on two small batches), more than the {_gb(have)} free; "
+                              f"use --batch-size {fits:,} or less")
 
 
 def _gb(n: int) -> str:

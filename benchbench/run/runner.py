@@ -37,8 +37,10 @@ from benchbench.models.store import fingerprint
 from benchbench.smoothing.nfe import ForwardCounter
 from benchbench.run.plan import Shard, Task, images_per_task, make_tasks, shard_units, units
 from benchbench.run.presets import preset_values
+from benchbench.run.speed import apply_speed_options, speed_record
 from benchbench.registry import Purifier, PurifierSpec, get_purifier, parse_purifier_list
-from benchbench.run.resources import ActivationMeter, check_batch_memory, check_device, check_output_location
+from benchbench.run.resources import MemoryModel, check_batch_memory, check_device, check_output_location, \
+    measure_peak
 from benchbench.results.rundir import NOISE_SCHEME, RowWriter, check_run_dir, format_summary, open_run_dir, tsv_name, \
     write_summary
 from benchbench.smoothing.noise import CopyNoise, check_seed, noise_generator, sigma_key
@@ -46,6 +48,8 @@ from benchbench.smoothing.contract import OutputError, check_logits, checked_pur
 
 NOISE_DEVICES = ("cpu", "device")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Noisy copies of the larger of the two pre-run calls whose memory peaks size a batch.
+MEMORY_PROBE = 8
 
 
 @dataclass
@@ -73,7 +77,11 @@ class RunConfig:
     shard: str | None = None  # "K/N": run only that deterministic part of the units
     executor: str = "local"  # "local" or "ray"
     address: str | None = None  # Ray cluster address (None: a local cluster)
-    threads: int = 1  # torch threads per Ray worker on CPU
+    # torch threads: of each Ray worker on CPU (default 1), or of this process in a local run (default:
+    # torch's, one per core; 1 is faster on a CPU shared with other jobs, see README "The CPU path")
+    threads: int | None = None
+    channels_last: bool = False  # networks in channels_last memory format (speed only: environment)
+    compile: bool = False  # networks' forward through torch.compile (speed only: environment)
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)  # unknown dataset → UnknownName
@@ -106,7 +114,7 @@ class RunConfig:
             Shard.parse(self.shard)
         if self.executor not in EXECUTORS:
             raise InvalidArgument(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if self.threads < 1:
+        if self.threads is not None and self.threads < 1:
             raise InvalidArgument(f"threads must be >= 1, got {self.threads}")
 
     @classmethod
@@ -121,7 +129,8 @@ class RunConfig:
             values["sigmas"] = tuple(_parse_float(s, "sigma") for s in args.sigmas.split(",") if s.strip())
         values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         values["download"] = bool(getattr(args, "download", False))
-        for key in ("noise_device", "precision", "shard", "executor", "address", "threads"):
+        for key in ("noise_device", "precision", "shard", "executor", "address", "threads", "channels_last",
+                    "compile"):
             if getattr(args, key, None) is not None:
                 values[key] = getattr(args, key)
         return cls(purifiers=parse_purifier_list(args.purifiers), preset=args.preset, **values)
@@ -246,6 +255,9 @@ def build_context(config: RunConfig, device: torch.device) -> Context:
     for key, ref in own_refs.items():
         own_classifiers[key] = load_classifier(ref, device, config.dataset)
         check_classifier(own_classifiers[key], ref, test)
+    if config.channels_last or config.compile:
+        nets = [classifier, *own_classifiers.values(), *(n for p in purifiers.values() for n in (p.networks or ()))]
+        apply_speed_options(nets, channels_last=config.channels_last, compile=config.compile)
     return Context(config, device, test, config.image_indices(len(test)), classifier, classifier_ref, purifiers,
                    own_refs, own_classifiers)
 
@@ -253,6 +265,8 @@ def build_context(config: RunConfig, device: torch.device) -> Context:
 def prepare(config: RunConfig) -> Prepared:
     """Build and check everything a run needs, writing nothing: raises a BenchError on the first problem."""
     device = check_device(config.device)
+    if config.threads and config.executor == "local":
+        torch.set_num_threads(config.threads)  # before environment() records it
     run_dir = Path(config.out or f"results/{config.preset}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_output_location(run_dir)
     check_unlocked(run_dir)
@@ -299,7 +313,8 @@ def prepare(config: RunConfig) -> Prepared:
                              "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
                              "data_source": ctx.test.meta.get("source"),
                              # what quality.csv's LPIPS-style distance is built on (not the certified classifier)
-                             "perceptual_distance": _distance_record(config.dataset)}
+                             "perceptual_distance": _distance_record(config.dataset),
+                             "speed": speed_record(config.channels_last, config.compile)}
     if config.shard:
         extra["shard"] = str(Shard.parse(config.shard))
     run_config = {"experiment": experiment, "environment": environment(device, **extra), "files": files}
@@ -317,22 +332,46 @@ def _autocast(ctx: Context):
 
 
 def _preflight(p: Prepared, label: str, sigma: float) -> None:
-    """Run the purifier and classifier on two noisy copies of the first image: σ against the model, the
-    outputs against their contract, and the memory a full batch needs. Any failure refuses the run."""
-    idx = p.indices[0]
-    x = p.test.images[idx].to(p.device)
-    gen = noise_generator(p.config.seed, idx, sigma, device=p.noise_device)
-    batch = next(noisy_batches(x, 2, sigma=sigma, batch_size=2, generator=gen))
-    purifier = p.purifiers[label]
+    """Run the purifier and classifier on noisy copies of the first image: σ against the model, the outputs
+    against their contract, and the memory a full batch needs (:func:`network_memory`). Any failure
+    refuses the run."""
     try:
-        with ActivationMeter([*purifier.networks, p.own_classifiers.get((label, sigma), p.classifier)]) as meter, torch.inference_mode():
-            _classify(p, label, sigma, batch, [idx, idx], [0, 1])
+        net, step = network_memory(p, label, sigma)
     except PluginFault as exc:
         raise InvalidArgument(f"{exc} (checked before the run; nothing written)") from exc
     rows = min(p.config.batch_size, max(p.config.n0, p.config.n) * images_per_task(p.config.n0, p.config.n,
                                                                                     p.config.batch_size))
-    harness = 4 * x.numel() * x.element_size() * getattr(purifier, "votes", 1)  # noise, noisy, purified copies
-    check_batch_memory(meter.peak // 2 + harness, rows, p.device, f"purifier {label!r} at σ={sigma:g}")
+    x = p.test.images[p.indices[0]]
+    harness = 3 * x.numel() * x.element_size()  # per copy of the task batch: noise, noisy copy, concatenation
+    # The networks see at most ``step`` copies per call, K rows each; the harness holds all ``rows`` at once.
+    need = net.need(min(rows, step)) + harness * rows
+    check_batch_memory(MemoryModel(net.fixed, -(-(need - net.fixed) // rows)), rows, p.device,
+                       f"purifier {label!r} at σ={sigma:g}")
+
+
+def network_memory(ctx: Context, label: str, sigma: float) -> tuple[MemoryModel, int]:
+    """The memory one :func:`_classify` call on k noisy copies needs, as ``MemoryModel.need(k)``, and the
+    most copies the harness passes per call (``batch_size // votes``). Calls the purifier and classifier on
+    copies of the first image, so a purifier or output fault raises :class:`PluginFault`.
+
+    Measured, not guessed (:func:`benchbench.run.resources.measure_peak`): a first, unmeasured call on 2 copies
+    checks the contracts and lets one-time allocations happen (weight packing, an autocast weight cache);
+    then the peaks of a call on 2 and one on ``MEMORY_PROBE`` copies give a line, extrapolated to the run's
+    batch. A voting purifier's K samples per copy are inside what is measured, so they are counted once."""
+    idx = ctx.indices[0]
+    x = ctx.test.images[idx].to(ctx.device)
+    gen = noise_generator(ctx.config.seed, idx, sigma, device=ctx.noise_device)
+    step = max(1, ctx.config.batch_size // getattr(ctx.purifiers[label], "votes", 1))
+    sizes = (min(2, step), min(MEMORY_PROBE, step))
+    batch = next(noisy_batches(x, sizes[1], sigma=sigma, batch_size=sizes[1], generator=gen))
+
+    def call(k: int) -> torch.Tensor:
+        return _classify(ctx, label, sigma, batch[:k], [idx] * k, list(range(k)))
+
+    with torch.inference_mode():
+        call(sizes[0])
+        peaks = tuple(measure_peak(lambda k=k: call(k), ctx.device)[1] for k in sizes)
+    return MemoryModel.fit(sizes, peaks), step
 
 
 def _classify(ctx: Context, label: str, sigma: float, batch: torch.Tensor, idx: list[int],
@@ -501,7 +540,7 @@ def _execute(p: Prepared) -> RunResult:
 
             if config.executor == "ray":
                 run_ray(p, certify_task, tasks, on_rows, on_fault, failures.__contains__, build=build_context,
-                        address=config.address, threads=config.threads)
+                        address=config.address, threads=config.threads or 1)
             else:
                 run_local(p, certify_task, tasks, on_rows, on_fault, failures.__contains__)
     finally:
