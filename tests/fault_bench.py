@@ -58,14 +58,14 @@ _simple("late-nan", _late_nan)
 
 @register_purifier("late-exit")
 class LateExit(_Base):
-    """fault: calls sys.exit(0) from its third call on (after the pre-run check and the first image)"""
+    """fault: calls sys.exit(0) from its fifth call on (after the pre-run check: contract, two memory probes; and the first image)"""
 
     def __init__(self, device: str = "cpu", dataset: str = "digits"):
         self.calls = 0
 
     def __call__(self, x, sigma):
         self.calls += 1
-        if self.calls > 2:
+        if self.calls > 4:
             sys.exit(0)
         return x.clamp(0, 1)
 
