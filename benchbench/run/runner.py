@@ -438,7 +438,8 @@ class _Packer:
         batch = torch.cat([b for *_, b in parts]) if len(parts) > 1 else parts[0][3]
         rows_idx = [i for i, _, _, b in parts for _ in range(len(b))]
         rows_copy = [c + k for _, _, c, b in parts for k in range(len(b))]
-        labels = _classify(self.ctx, self.task.label, self.task.sigma, batch, rows_idx, rows_copy).to("cpu", torch.int64)
+        labels = _classify(self.ctx, self.task.label, self.task.sigma, batch, rows_idx, rows_copy)
+        labels = labels.to("cpu", torch.int64)
         start = 0
         for idx, phase, _, b in parts:
             self.counts[idx][phase] += torch.bincount(labels[start : start + len(b)],
@@ -457,15 +458,12 @@ def certify_task(ctx: Context, task: Task) -> list[dict[str, Any]]:
     split over its images in proportion to the noisy samples each drew (evenly, for fixed); ``nfe`` the
     task's network rows per noisy sample drawn; ``n`` the estimation samples each image used.
     """
-    config = ctx.config
+    config, rule = ctx.config, ctx.config.rule
     counts = {idx: [torch.zeros(ctx.test.num_classes, dtype=torch.int64) for _ in range(2)] for idx in task.indices}
     packer = _Packer(ctx, task, counts)
     start_time = time.perf_counter()
     with ForwardCounter(ctx.purifiers[task.label].networks) as counter, torch.inference_mode():
-        if config.rule is None:
-            used = _fixed(ctx, task, packer)
-        else:
-            used = _sequential(ctx, task, packer, config.rule)
+        used = _fixed(ctx, task, packer) if rule is None else _sequential(ctx, task, packer, rule)
     seconds = time.perf_counter() - start_time
     drawn = {idx: config.n0 + used[idx] for idx in task.indices}
     nfe = counter.rows / sum(drawn.values())
@@ -474,8 +472,8 @@ def certify_task(ctx: Context, task: Task) -> list[dict[str, Any]]:
         true_label = int(ctx.test.labels[idx])
         sel, est = counts[idx][0].numpy(), counts[idx][1].numpy()
         cert: Certificate = certificate_from_counts(sel, est, sigma=task.sigma, alpha=config.alpha) \
-            if config.rule is None else config.rule.certificate(sel, est, sigma=task.sigma, alpha=config.alpha)
-        share = 1 / len(task.indices) if config.rule is None else drawn[idx] / sum(drawn.values())
+            if rule is None else rule.certificate(sel, est, sigma=task.sigma, alpha=config.alpha)
+        share = 1 / len(task.indices) if rule is None else drawn[idx] / sum(drawn.values())
         rows.append({"idx": idx, "label": true_label, "predict": cert.prediction, "radius": cert.radius,
                      "correct": int(cert.prediction == true_label and cert.prediction != ABSTAIN),
                      "time": seconds * share, "pa_lower": cert.pa_lower, "nfe": nfe, "n": used[idx]})
@@ -505,8 +503,9 @@ def _top_count(counts: list[torch.Tensor]) -> int:
 def _sequential(ctx: Context, task: Task, packer: _Packer, rule: SequentialRule) -> dict[int, int]:
     """The sequential rule for every image of the task in lockstep: selection and the first look for all,
     then each later look for the images still undecided, packed together. Returns the estimation samples
-    each image used. Each image's two phases are two :class:`NoiseStream` objects on its one generator, the selection
-    taken whole before any estimation copy, as fixed draws them: the first m estimation copies are fixed's."""
+    each image used. Each image's two phases are two :class:`NoiseStream` objects on its one generator, the
+    selection taken whole before any estimation copy, as fixed draws them: the first m estimation copies are
+    fixed's."""
     config = ctx.config
     streams = {}
     for idx in task.indices:
