@@ -251,6 +251,8 @@ def doubling_looks(n: int, first: int = FIRST_LOOK) -> tuple[int, ...]:
     """Estimation sample counts at which a sequential rule looks: first, 2·first, 4·first, … while below
     n, then n (just (n,) when n ≤ first). For n = 10,000: 100, 200, …, 6,400, 10,000 (K = 8 looks)."""
     check_protocol(sigma=1.0, n=n)
+    if first < 1:
+        raise InvalidArgument(f"the first look must be >= 1 sample, got {first}")
     looks = []
     m = first
     while m < n:
