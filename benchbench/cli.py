@@ -68,6 +68,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                      help="autocast purifier and classifier (default: fp32, no autocast); counts and bounds "
                           "stay exact")
+    run.add_argument("--certify", choices=["fixed", "sequential"],
+                     help="fixed (default): Cohen et al.'s CERTIFY, n estimation samples per image; sequential: "
+                          "estimation samples in looks of 100, 200, 400, … up to n, stopping once every --radii "
+                          "radius is certified or ruled out (Clopper–Pearson at α/looks: each certificate still "
+                          "holds with probability ≥ 1 − α; ACR is capped by the grid)")
+    run.add_argument("--radii", metavar="R,R,...",
+                     help="radius grid of --certify sequential, image scale (default: 0,0.25,0.5,0.75,1)")
     run.add_argument("--shard", metavar="K/N",
                      help="certify only shard K of N (a deterministic 1/N of the work, e.g. a SLURM array task); "
                           "combine the shards' directories with bench merge")

@@ -25,7 +25,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator
 
 from benchbench.errors import InvalidArgument
 from benchbench.results.report import load_run_rows, pareto_front
-from benchbench.results.rundir import CONFIG
+from benchbench.results.rundir import CONFIG, certification, read_config
 
 WIDTH = 3.4  # inches: one column of a two-column paper
 FORMATS = ("png", "svg")
@@ -93,6 +93,22 @@ def _sources(rows_or_run_dirs: Source) -> list[tuple[pd.DataFrame, str, str]]:
         env = json.loads((d / CONFIG).read_text()).get("environment", {})
         out.append((rows, str(env.get("device_name") or env.get("device") or "unknown device"), d.name))
     return out
+
+
+def certification_title(rows_or_run_dirs: Source) -> str | None:
+    """A figure title for runs certified sequentially (None for rows or fixed runs only): the mode, and
+    that ACR is capped by the grid. Several runs of different modes are named as such."""
+    if isinstance(rows_or_run_dirs, pd.DataFrame):
+        return None
+    dirs = [rows_or_run_dirs] if isinstance(rows_or_run_dirs, (str, os.PathLike)) else list(rows_or_run_dirs)
+    records = [certification(read_config(Path(d))["experiment"]) for d in dirs]
+    sequential = [r for r in records if r is not None]
+    if not sequential:
+        return None
+    grid = ", ".join(f"{float(r):g}" for r in sequential[0]["radii"])
+    which = "sequential certification" if len(sequential) == len(records) else \
+        f"{len(sequential)} of {len(records)} runs sequential"
+    return f"{which} at radii {grid}: ACR capped by the grid"
 
 
 def load_timings(path: Path | str) -> tuple[dict[str, float], str]:
@@ -279,6 +295,9 @@ def plot_pareto(rows_or_run_dirs: Source, out: Path | str, cost: str = "both", r
         handles += [Line2D([], [], ls="", marker=BEST_MARKER, ms=8, color="0.4", label="best over σ"),
                     Line2D([], [], color="0.35", ls="--", lw=1, label="Pareto front (outlined)")]
         fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+        title = certification_title(rows_or_run_dirs)
+        if title:
+            fig.suptitle(title, fontsize=7)
         return _save(fig, out, formats)
 
 
@@ -292,7 +311,9 @@ def _rows(rows: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
 def plot_radius(rows: pd.DataFrame | str | os.PathLike, out: Path | str, formats: Sequence[str] = FORMATS,
                 points: int = 400) -> list[Path]:
     """Certified accuracy (correct and radius ≥ r) against r on a grid from 0 to the largest certified
-    radius, one step curve per purifier configuration, one panel per σ, stacked (Cohen et al.'s figure)."""
+    radius, one step curve per purifier configuration, one panel per σ, stacked (Cohen et al.'s figure). A
+    sequential run's figure is titled so: its curves are decided at the grid radii only."""
+    title = certification_title(rows)
     rows = _rows(rows)
     if rows.empty:
         raise InvalidArgument("nothing to plot: the run has no rows yet")
@@ -318,7 +339,11 @@ def plot_radius(rows: pd.DataFrame | str | os.PathLike, out: Path | str, formats
             ax.set_ylim(-3, 103)
         axes[-1].set_xlabel("ℓ2 radius r (image scale [0, 1])")
         handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="outside upper center", ncol=min(2, len(labels)), frameon=False)
+        # a title takes the top, so the legend then goes below
+        fig.legend(handles, names, loc=f"outside {'lower' if title else 'upper'} center", ncol=min(2, len(labels)),
+                   frameon=False)
+        if title:
+            fig.suptitle(title, fontsize=7)
         return _save(fig, out, formats)
 
 

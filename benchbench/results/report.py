@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -19,7 +20,8 @@ import pandas as pd
 from scipy.stats import binom, binomtest
 
 from benchbench.errors import BenchError, InvalidArgument, UnknownName
-from benchbench.results.rundir import RADII, load_rows, read_config, summarize, write_atomic
+from benchbench.results.rundir import RADII, certification_note, load_rows, read_config, run_radii, summarize, \
+    write_atomic
 
 PARETO_MARK = "†"
 QUALITY_FILE = "quality.csv"
@@ -126,7 +128,8 @@ def per_sigma(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFram
 def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.DataFrame | None = None,
                 level: float = 0.95, expected_images: int | None = None, alpha_aware: float | None = None,
                 alpha: float | Mapping[str, float | None] | None = None,
-                planned: Sequence[tuple[str, float]] | None = None) -> pd.DataFrame:
+                planned: Sequence[tuple[str, float]] | None = None,
+                note: str | None = None) -> pd.DataFrame:
     """One row per purifier configuration, in run order, with best-over-σ numbers.
 
     ``planned``: every (purifier, σ) cell of the run (config.json's files); a cell with no rows is shown as
@@ -155,7 +158,9 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
     ``ssim@σ=s``, ``psnr@σ=s`` (each when measured) and ``label_kept@σ=s``. ``images`` and ``images_min`` are
     the largest and smallest number of images in the configuration's σ cells (0 for a missing cell);
     ``images_expected`` is the run's image count (when given): a partial run shows them (see
-    :func:`coverage_warning`). Raises BenchError when ``rows`` is empty.
+    :func:`coverage_warning`). ``note`` (a sequential run's
+    :func:`benchbench.results.rundir.certification_note`) is kept in ``table.attrs["note"]`` and printed under
+    the table. Raises BenchError when ``rows`` is empty.
     """
     if rows.empty:
         raise BenchError("the run has no rows yet; nothing to report")
@@ -208,7 +213,14 @@ def paper_table(rows: pd.DataFrame, radii: Sequence[float] = RADII, quality: pd.
         out = out.merge(_quality_wide(quality), on="purifier", how="left")
     if alpha_aware is not None:
         out.attrs["alpha_aware"] = alpha_aware  # the legend states the level
+    if note:
+        out.attrs["note"] = note
     return out
+
+
+def table_radii(table: pd.DataFrame) -> tuple[float, ...]:
+    """The radii a paper table has columns for (``acc@r``), in column order."""
+    return tuple(float(c[4:]) for c in table.columns if re.fullmatch(r"acc@[0-9.e+-]+", c))
 
 
 def coverage_warning(table: pd.DataFrame, sigmas: int | None = None) -> str | None:
@@ -341,9 +353,13 @@ def _markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
-def format_markdown(table: pd.DataFrame, radii: Sequence[float] = RADII) -> str:
-    """The paper table (and the purification-quality table, when merged in) as Markdown."""
+def format_markdown(table: pd.DataFrame, radii: Sequence[float] | None = None) -> str:
+    """The paper table (and the purification-quality table, when merged in) as Markdown; ``radii``
+    defaults to the table's own (:func:`table_radii`)."""
+    radii = table_radii(table) if radii is None else radii
     text = _markdown(_display(table, radii, latex=False)) + "\n\n" + _legend(table, latex=False)
+    if table.attrs.get("note"):
+        text += f"\n\n**{table.attrs['note']}.**"
     warning = coverage_warning(table)
     if warning:
         text = f"**Warning — {warning}.**\n\n{text}"
@@ -359,12 +375,15 @@ def format_markdown(table: pd.DataFrame, radii: Sequence[float] = RADII) -> str:
     return text
 
 
-def format_latex(table: pd.DataFrame, radii: Sequence[float] = RADII) -> str:
-    """The paper table as a booktabs ``tabular`` (pandas DataFrame.to_latex), its legend as a comment."""
+def format_latex(table: pd.DataFrame, radii: Sequence[float] | None = None) -> str:
+    """The paper table as a booktabs ``tabular`` (pandas DataFrame.to_latex), its legend (and a sequential
+    run's note) as a comment."""
+    radii = table_radii(table) if radii is None else radii
     shown = _display(table, radii, latex=True)
     shown.columns = [_latex_escape(c) for c in shown.columns]
     body = shown.to_latex(index=False, escape=False, column_format="l" + "r" * (len(shown.columns) - 1))
-    return f"% {_legend(table, latex=True)}\n{body}"
+    note = f"% {table.attrs['note']}.\n" if table.attrs.get("note") else ""
+    return f"% {_legend(table, latex=True)}\n{note}{body}"
 
 
 def _latex_escape(text: str) -> str:
@@ -498,9 +517,12 @@ def load_run_rows(run_dir: Path | str) -> pd.DataFrame:
     return load_rows(Path(run_dir))
 
 
-def write_report(run_dir: Path | str, radii: Sequence[float] = RADII,
+def write_report(run_dir: Path | str, radii: Sequence[float] | None = None,
                  alpha_aware: float | None = None) -> pd.DataFrame:
     """Write ``report.md``, ``report.csv`` and ``report.tex`` into ``run_dir`` and return the table.
+
+    ``radii`` defaults to the run's (:func:`benchbench.results.rundir.run_radii`: a sequential run's grid);
+    a sequential run's table says so under it (``table.attrs["note"]``).
 
     ``quality.csv``, when the run directory has one, is merged in (see :func:`paper_table`);
     ``alpha_aware`` = δ adds Cohen et al.'s α-aware certified accuracy with probability ≥ 1 − δ.
@@ -517,8 +539,10 @@ def write_report(run_dir: Path | str, radii: Sequence[float] = RADII,
     if alpha_aware is not None and all(a is None for a in alphas.values()):
         raise InvalidArgument("--alpha-aware needs the α the certificates were issued at, and this run records "
                               "none (import with --alpha)")
+    radii = run_radii(experiment) if radii is None else tuple(radii)
     table = paper_table(rows, radii, quality=quality, expected_images=expected, alpha_aware=alpha_aware,
-                        alpha=alphas, planned=[(f["purifier"], float(f["sigma"])) for f in config["files"]])
+                        alpha=alphas, planned=[(f["purifier"], float(f["sigma"])) for f in config["files"]],
+                        note=certification_note(experiment))
     write_atomic(run_dir / "report.csv", table.to_csv(index=False))
     write_atomic(run_dir / "report.md", format_markdown(table, radii) + "\n")
     write_atomic(run_dir / "report.tex", format_latex(table, radii))

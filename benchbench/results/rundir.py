@@ -35,6 +35,34 @@ NOISE_SCHEME = ("v3: 64-bit-field keys through SeedSequence, PCG64 + numpy's flo
                 "copies, vote, draw) on the noise device")
 
 
+def certification(experiment: dict[str, Any]) -> dict[str, Any] | None:
+    """The sequential rule a run's rows were certified with (``mode``, ``radii``, ``looks``), or None for
+    Cohen et al.'s fixed protocol (whose config records no mode, as before sequential runs existed)."""
+    record = experiment.get("certification")
+    return record if isinstance(record, dict) and record.get("mode") == "sequential" else None
+
+
+def run_radii(experiment: dict[str, Any]) -> tuple[float, ...]:
+    """The radii a run's tables report: a sequential run's grid (what it decided), else :data:`RADII`."""
+    record = certification(experiment)
+    return tuple(float(r) for r in record["radii"]) if record else RADII
+
+
+def certification_note(experiment: dict[str, Any]) -> str | None:
+    """One sentence for tables and figures of a sequential run (None for fixed): the rule, and that its
+    ACR is capped by the grid."""
+    record = certification(experiment)
+    if record is None:
+        return None
+    grid = ", ".join(f"{float(r):g}" for r in record["radii"])
+    return (f"Sequential certification: estimation samples in {len(record['looks'])} looks up to "
+            f"n = {record['looks'][-1]:,}, stopping once every grid radius ({grid}) is certified or ruled out; "
+            f"Clopper–Pearson bounds at α/{len(record['looks'])} per look (union bound: each certificate is "
+            "still wrong with probability ≤ α). Accuracy is decided at the grid radii only; radii stop growing "
+            "once the largest grid radius is certified, so ACR is capped by the grid and is lower than the "
+            "fixed protocol's")
+
+
 def tsv_name(label: str, sigma: float) -> str:
     """File name of the rows for one purifier configuration at one σ: a readable part, and a hash of the
     exact label and σ so that two different pairs never share a file."""
@@ -248,6 +276,10 @@ def _check_row(row: dict[str, Any], entry: dict[str, Any], experiment: dict[str,
     if imported:
         if not (math.isnan(row["n"]) or row["n"] >= 1):
             raise ValueError(f"n {row['n']} is not a sample count")
+    elif certification(experiment) is not None:
+        looks = certification(experiment)["looks"]
+        if row["n"] not in looks:
+            raise ValueError(f"n {row['n']} is not one of the sequential run's looks ({', '.join(map(str, looks))})")
     elif row["n"] < 1 or ("n" in experiment and row["n"] != experiment["n"]):
         raise ValueError(f"n {row['n']} is not the run's n ({experiment.get('n')})")
     if "purifier" in row and row["purifier"] != entry["purifier"]:
@@ -400,9 +432,10 @@ def load_rows(run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def summarize(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFrame:
+def summarize(rows: pd.DataFrame, radii: Iterable[float] = RADII, samples: bool = False) -> pd.DataFrame:
     """Per purifier and σ: certified accuracy at each radius (correct and radius ≥ r), average certified
-    radius (mean of radius·correct), mean seconds per image and mean NFE per noisy sample."""
+    radius (mean of radius·correct), mean seconds per image and mean NFE per noisy sample; with
+    ``samples``, also ``n_mean``, the mean estimation samples per image (a sequential run's cost)."""
     radii = tuple(radii)
 
     def per_group(g: pd.DataFrame) -> pd.Series:
@@ -412,6 +445,8 @@ def summarize(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFram
         out["acr"] = float((g["radius"] * ok).mean())
         out["sec_per_image"] = float(g["time"].mean())
         out["nfe"] = float(g["nfe"].mean())
+        if samples:
+            out["n_mean"] = float(g["n"].mean())
         return pd.Series(out)
 
     if rows.empty:
@@ -425,9 +460,11 @@ def summarize(rows: pd.DataFrame, radii: Iterable[float] = RADII) -> pd.DataFram
 
 def write_summary(run_dir: Path) -> pd.DataFrame:
     """Recompute ``summary.csv`` and ``summary.md`` from the rows on disk and return the summary."""
-    summary = summarize(load_rows(run_dir))
+    experiment = read_config(run_dir)["experiment"]
+    note = certification_note(experiment)
+    summary = summarize(load_rows(run_dir), run_radii(experiment), samples=note is not None)
     write_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
-    write_atomic(run_dir / "summary.md", format_summary(summary) + "\n")
+    write_atomic(run_dir / "summary.md", format_summary(summary) + ("\n\n" + note + "." if note else "") + "\n")
     return summary
 
 
@@ -443,6 +480,8 @@ def format_summary(summary: pd.DataFrame) -> str:
     shown["acr"] = shown["acr"].round(3)
     shown["sec_per_image"] = shown["sec_per_image"].map(lambda s: float(f"{s:.3g}") if math.isfinite(s) else s)
     shown["nfe"] = shown["nfe"].round(2)
+    if "n_mean" in shown:
+        shown["n_mean"] = shown["n_mean"].round(0).astype(int)
     return shown.to_markdown(index=False)
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from benchbench.smoothing.certify import ABSTAIN, certificate_from_counts, certification_batches, check_protocol, \
-    noisy_batches
+from benchbench.smoothing.certify import ABSTAIN, CERTIFY_MODES, Certificate, NoisyCopies, SequentialRule, \
+    certificate_from_counts, certification_batches, check_protocol, check_radii, noisy_batches
 from benchbench.data.dataset import ImageDataset, dataset_info, default_data_dir, get_dataset
 from benchbench.data.published import devkit_order_refusal
 from benchbench.run.environment import environment
@@ -82,6 +82,8 @@ class RunConfig:
     threads: int | None = None
     channels_last: bool = False  # networks in channels_last memory format (speed only: environment)
     compile: bool = False  # networks' forward through torch.compile (speed only: environment)
+    certify: str = "fixed"  # "fixed" (Cohen et al.'s CERTIFY) or "sequential" (stop when the radius grid is decided)
+    radii: tuple[float, ...] | None = None  # the grid of a sequential run (None: DEFAULT_RADII)
 
     def __post_init__(self) -> None:
         dataset_info(self.dataset)  # unknown dataset → UnknownName
@@ -116,6 +118,26 @@ class RunConfig:
             raise InvalidArgument(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.threads is not None and self.threads < 1:
             raise InvalidArgument(f"threads must be >= 1, got {self.threads}")
+        if self.certify not in CERTIFY_MODES:
+            raise InvalidArgument(f"certify must be one of {', '.join(CERTIFY_MODES)}, got {self.certify!r}")
+        if self.radii is not None:
+            if self.certify != "sequential":
+                # fixed certifies every radius at once; a grid there would be recorded but change nothing
+                raise InvalidArgument("--radii is the grid of --certify sequential; fixed certification has none")
+            self.radii = check_radii(self.radii)
+
+    @property
+    def rule(self) -> SequentialRule | None:
+        """The stopping rule of a sequential run (its grid and looks up to n); None for fixed."""
+        if self.certify != "sequential":
+            return None
+        return SequentialRule.for_protocol(self.n, *(() if self.radii is None else (self.radii,)))
+
+    @property
+    def first_look(self) -> int:
+        """Estimation samples every image gets in any mode: the first look (sequential) or n (fixed)."""
+        rule = self.rule
+        return self.n if rule is None else rule.looks[0]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
@@ -130,9 +152,12 @@ class RunConfig:
         values["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         values["download"] = bool(getattr(args, "download", False))
         for key in ("noise_device", "precision", "shard", "executor", "address", "threads", "channels_last",
-                    "compile"):
+                    "compile",
+                    "certify"):
             if getattr(args, key, None) is not None:
                 values[key] = getattr(args, key)
+        if getattr(args, "radii", None) is not None:
+            values["radii"] = tuple(_parse_float(r, "radius") for r in args.radii.split(",") if r.strip())
         return cls(purifiers=parse_purifier_list(args.purifiers), preset=args.preset, **values)
 
     def image_indices(self, test_size: int) -> list[int]:
@@ -309,6 +334,12 @@ def prepare(config: RunConfig) -> Prepared:
         # what the data holds: resuming or merging with other images or labels (another --data-dir) is refused
         "data_hash": ctx.test.content_hash(ctx.indices),
     }
+    rule = config.rule
+    if rule is not None:
+        # Only a sequential run records its mode, so a fixed run's config is what it always was (and old
+        # fixed runs resume); a resume in the other mode differs here and is refused like any other change.
+        experiment["certification"] = {"mode": "sequential", "radii": list(rule.radii), "looks": list(rule.looks),
+                                       "look_alpha": "alpha / len(looks) (Clopper-Pearson, union bound)"}
     extra: dict[str, Any] = {"preset": config.preset, "batch_size": config.batch_size, "executor": config.executor,
                              "data_dir": str(Path(config.data_dir or default_data_dir()).resolve()),
                              "data_source": ctx.test.meta.get("source"),
@@ -339,7 +370,7 @@ def _preflight(p: Prepared, label: str, sigma: float) -> None:
         net, step = network_memory(p, label, sigma)
     except PluginFault as exc:
         raise InvalidArgument(f"{exc} (checked before the run; nothing written)") from exc
-    rows = min(p.config.batch_size, max(p.config.n0, p.config.n) * images_per_task(p.config.n0, p.config.n,
+    rows = min(p.config.batch_size, max(p.config.n0, p.config.n) * images_per_task(p.config.n0, p.config.first_look,
                                                                                     p.config.batch_size))
     x = p.test.images[p.indices[0]]
     harness = 3 * x.numel() * x.element_size()  # per copy of the task batch: noise, noisy copy, concatenation
@@ -433,66 +464,129 @@ def _raise_if_oom(exc: BaseException, where: str) -> None:
             from None
 
 
-def certify_task(ctx: Context, task: Task) -> list[dict[str, Any]]:
-    """The rows of one task: Cohen et al.'s CERTIFY for each of its images, their noisy copies packed
-    together into batches of the run's batch size (so a small n still fills a batch).
+class _Packer:
+    """Packs the noisy copies of one task's images into batches of the run's batch size, classifies each
+    full batch, and adds its labels to ``counts[image][phase]`` (phase 0: selection, 1: estimation)."""
 
-    Each image's n0 + n copies are the ones :func:`benchbench.smoothing.certify.certify` would draw from its
-    generator (the same blocks), and a stochastic purifier's noise is keyed per copy, so the counts are
-    those of certifying the images one by one, in any packing. ``time`` is the task's seconds split evenly
-    over its images; ``nfe`` the task's network rows per noisy sample.
-    """
-    config = ctx.config
-    per_image = config.n0 + config.n
-    counts = {idx: [torch.zeros(ctx.test.num_classes, dtype=torch.int64) for _ in range(2)] for idx in task.indices}
+    def __init__(self, ctx: Context, task: Task, counts: dict[int, list[torch.Tensor]]):
+        self.ctx, self.task, self.counts = ctx, task, counts
+        self.parts: list = []
+        self.have = 0
 
-    def pieces():
-        """(image, phase, first copy, noisy copies) in order, each piece at most a batch."""
-        for idx in task.indices:
-            x = ctx.test.images[idx].to(ctx.device)
-            gen = noise_generator(config.seed, idx, task.sigma, device=ctx.noise_device)
-            copy = 0
-            for batch in certification_batches(x, sigma=task.sigma, n0=config.n0, n=config.n,
-                                               batch_size=config.batch_size, generator=gen):
-                yield idx, int(copy >= config.n0), copy, batch
-                copy += len(batch)
+    def add(self, idx: int, phase: int, copy: int, batch: torch.Tensor) -> None:
+        """Copies ``copy`` … of image ``idx`` in ``phase``; classified once a batch is full."""
+        size = self.ctx.config.batch_size
+        while len(batch):
+            take = min(len(batch), size - self.have)
+            self.parts.append((idx, phase, copy, batch[:take]))
+            self.have += take
+            batch, copy = batch[take:], copy + take
+            if self.have == size:
+                self.flush()
 
-    def flush(parts: list) -> None:
+    def flush(self) -> None:
+        """Classify what is pending (a batch, or less at the end of a look)."""
+        if not self.parts:
+            return
+        parts, self.parts, self.have = self.parts, [], 0
         batch = torch.cat([b for *_, b in parts]) if len(parts) > 1 else parts[0][3]
         rows_idx = [i for i, _, _, b in parts for _ in range(len(b))]
         rows_copy = [c + k for _, _, c, b in parts for k in range(len(b))]
-        labels = _classify(ctx, task.label, task.sigma, batch, rows_idx, rows_copy).to("cpu", torch.int64)
+        labels = _classify(self.ctx, self.task.label, self.task.sigma, batch, rows_idx, rows_copy)
+        labels = labels.to("cpu", torch.int64)
         start = 0
         for idx, phase, _, b in parts:
-            counts[idx][phase] += torch.bincount(labels[start : start + len(b)], minlength=ctx.test.num_classes)
+            self.counts[idx][phase] += torch.bincount(labels[start : start + len(b)],
+                                                      minlength=self.ctx.test.num_classes)
             start += len(b)
 
+
+def certify_task(ctx: Context, task: Task) -> list[dict[str, Any]]:
+    """The rows of one task: CERTIFY for each of its images (Cohen et al.'s fixed protocol, or the run's
+    sequential rule), their noisy copies packed together into batches of the run's batch size (so a small n
+    still fills a batch).
+
+    Each image's copies are the ones :func:`benchbench.smoothing.certify.certify` (or ``certify_sequential``)
+    would draw from its generator (the same blocks), and a stochastic purifier's noise is keyed per copy, so
+    the counts are those of certifying the images one by one, in any packing. ``time`` is the task's seconds
+    split over its images in proportion to the noisy samples each drew (evenly, for fixed); ``nfe`` the
+    task's network rows per noisy sample drawn; ``n`` the estimation samples each image used.
+    """
+    config, rule = ctx.config, ctx.config.rule
+    counts = {idx: [torch.zeros(ctx.test.num_classes, dtype=torch.int64) for _ in range(2)] for idx in task.indices}
+    packer = _Packer(ctx, task, counts)
     start_time = time.perf_counter()
     with ForwardCounter(ctx.purifiers[task.label].networks) as counter, torch.inference_mode():
-        parts: list = []
-        have = 0
-        for idx, phase, copy, batch in pieces():
-            while len(batch):
-                take = min(len(batch), config.batch_size - have)
-                parts.append((idx, phase, copy, batch[:take]))
-                have += take
-                batch, copy = batch[take:], copy + take
-                if have == config.batch_size:
-                    flush(parts)
-                    parts, have = [], 0
-        if parts:
-            flush(parts)
-    seconds = (time.perf_counter() - start_time) / len(task.indices)
-    nfe = counter.rows / (per_image * len(task.indices))
+        used = _fixed(ctx, task, packer) if rule is None else _sequential(ctx, task, packer, rule)
+    seconds = time.perf_counter() - start_time
+    drawn = {idx: config.n0 + used[idx] for idx in task.indices}
+    nfe = counter.rows / sum(drawn.values())
     rows = []
     for idx in task.indices:
         true_label = int(ctx.test.labels[idx])
-        cert = certificate_from_counts(counts[idx][0].numpy(), counts[idx][1].numpy(), sigma=task.sigma,
-                                       alpha=config.alpha)
+        sel, est = counts[idx][0].numpy(), counts[idx][1].numpy()
+        cert: Certificate = certificate_from_counts(sel, est, sigma=task.sigma, alpha=config.alpha) \
+            if rule is None else rule.certificate(sel, est, sigma=task.sigma, alpha=config.alpha)
+        share = 1 / len(task.indices) if rule is None else drawn[idx] / sum(drawn.values())
         rows.append({"idx": idx, "label": true_label, "predict": cert.prediction, "radius": cert.radius,
                      "correct": int(cert.prediction == true_label and cert.prediction != ABSTAIN),
-                     "time": seconds, "pa_lower": cert.pa_lower, "nfe": nfe, "n": config.n})
+                     "time": seconds * share, "pa_lower": cert.pa_lower, "nfe": nfe, "n": used[idx]})
     return rows
+
+
+def _fixed(ctx: Context, task: Task, packer: _Packer) -> dict[int, int]:
+    """Cohen et al.'s protocol: every image's n0 + n copies, image after image. Returns n per image."""
+    config = ctx.config
+    for idx in task.indices:
+        x = ctx.test.images[idx].to(ctx.device)
+        gen = noise_generator(config.seed, idx, task.sigma, device=ctx.noise_device)
+        copy = 0
+        for batch in certification_batches(x, sigma=task.sigma, n0=config.n0, n=config.n,
+                                           batch_size=config.batch_size, generator=gen):
+            packer.add(idx, int(copy >= config.n0), copy, batch)
+            copy += len(batch)
+    packer.flush()
+    return {idx: config.n for idx in task.indices}
+
+
+def _top_count(counts: list[torch.Tensor]) -> int:
+    """n_A so far: the estimation count of the top selection class (ties: the lowest, as CERTIFY picks)."""
+    return int(counts[1][int(counts[0].numpy().argmax())])
+
+
+def _sequential(ctx: Context, task: Task, packer: _Packer, rule: SequentialRule) -> dict[int, int]:
+    """The sequential rule for every image of the task in lockstep: selection and the first look for all,
+    then each later look for the images still undecided, packed together. Returns the estimation samples
+    each image used. Each image's two phases are two :class:`NoisyCopies` objects on its one generator, the
+    selection taken whole before any estimation copy, as fixed draws them: the first m estimation copies are
+    fixed's."""
+    config = ctx.config
+    streams = {}
+    for idx in task.indices:
+        x = ctx.test.images[idx].to(ctx.device)
+        gen = noise_generator(config.seed, idx, task.sigma, device=ctx.noise_device)
+        streams[idx] = (NoisyCopies(x, config.n0, sigma=task.sigma, generator=gen),
+                        NoisyCopies(x, rule.n, sigma=task.sigma, generator=gen))
+
+    def draw(idx: int, phase: int, upto: int) -> None:
+        stream = streams[idx][phase]
+        while stream.taken < upto:
+            copy = stream.taken + (config.n0 if phase else 0)
+            packer.add(idx, phase, copy, stream.take(min(config.batch_size, upto - stream.taken)))
+
+    active = list(task.indices)
+    for k, look in enumerate(rule.looks):
+        for idx in active:
+            if k == 0:
+                draw(idx, 0, config.n0)
+            draw(idx, 1, look)
+        packer.flush()  # every active image's counts are complete at this look
+        active = [idx for idx in active
+                  if not rule.decided(_top_count(packer.counts[idx]), look,
+                                      sigma=task.sigma, alpha=config.alpha)]
+        if not active:
+            break
+    return {idx: streams[idx][1].taken for idx in task.indices}
 
 
 def run(config: RunConfig) -> RunResult:
@@ -522,7 +616,9 @@ def _execute(p: Prepared) -> RunResult:
     shard = Shard.parse(config.shard) if config.shard else None
     todo = [u for u in shard_units(units([s.label for s in config.purifiers], config.sigmas, p.indices), shard)
             if u[2] not in writers[(u[0], u[1])].done]
-    tasks = make_tasks(todo, images_per_task(config.n0, config.n, config.batch_size))
+    # A sequential task packs as many images as fill a batch at their first look; later looks pack the
+    # images still undecided.
+    tasks = make_tasks(todo, images_per_task(config.n0, config.first_look, config.batch_size))
     try:
         # disable=None: no progress bar when stderr is not a terminal (logs, tests, pipes).
         with tqdm(total=len(todo), desc="certify", unit="img", dynamic_ncols=True, disable=None) as bar:
