@@ -479,7 +479,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     if args.source == "openai-unet":
-        from benchbench.models.openai_unet import CONVERSION, convert
+        from benchbench.models.openai_unet import convert
+        from benchbench.models.store import CONVERSION
 
         out = convert(args.checkpoint, args.out, profile=args.profile, settings=args.set)
         print(f"wrote {out} (diffusers folder; {CONVERSION} records the source and its timestep scale)")

@@ -20,7 +20,6 @@ parties add a form with the entry-point group ``benchbench.classifiers``: a buil
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import warnings
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchbench.errors import BenchError, CheckpointError, InvalidArgument, first_line
-from benchbench.models.store import fingerprint, hub_call, load_smallcnn
+from benchbench.models.store import file_sha256, fingerprint, hub_call, load_smallcnn
 from benchbench.registry import Registry
 
 Builder = Callable[..., nn.Module]
@@ -118,14 +117,6 @@ def load_classifier(ref: str, device: str | torch.device = "cpu", dataset: str =
     return model.to(device).eval()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
 @CLASSIFIERS.register("hf")
 def hf_classifier(arg: str, *, device: str = "cpu", dataset: str = "digits") -> nn.Module:
     """A transformers image classifier (hub id, ``ID@REVISION``, or ``save_pretrained`` folder) with the
@@ -172,7 +163,7 @@ def timm_classifier(arg: str, *, device: str = "cpu", dataset: str = "digits") -
         if not path.is_file():
             raise CheckpointError(f"timm checkpoint {ckpt!r} is not a file")
         kwargs["checkpoint_path"] = str(path)
-        fp = _file_sha256(path)
+        fp = "sha256:" + file_sha256(path)
     elif name.startswith("local-dir:"):
 
         folder = Path(name[len("local-dir:"):]).expanduser()
@@ -245,4 +236,4 @@ def torchscript_classifier(arg: str, *, device: str = "cpu", dataset: str = "dig
             net = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{arg} is not a TorchScript file: {first_line(exc)}") from None
-    return PixelClassifier(net, fingerprint=_file_sha256(path))
+    return PixelClassifier(net, fingerprint="sha256:" + file_sha256(path))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import hashlib
 import json
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from benchbench.errors import CheckpointError, InvalidArgument, first_line
+from benchbench.models.store import file_sha256
 
 # configs/cifar10_ve_cd.py and cifar10_ve_ct_*.py (model.*) and the KVESDE they sample with.
 FLAGS: dict[str, Any] = {
@@ -346,7 +346,7 @@ def convert_ncsnpp_flax(checkpoint: str | Path, out: str | Path, sets: list[str]
                                                sigma_max=flags["t_max"], sigma_data=flags["data_std"],
                                                rho=flags["rho"])
     manifest = {"converted_from": "openai/consistency_models_cifar10 (flax NCSN++ training state)",
-                "checkpoint": checkpoint.name, "checkpoint_sha256": _sha256(checkpoint),
+                "checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
                 "flags": {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items()},
                 "consistency_function": "models/utils.get_distiller_fn with pred_t = t_min"}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -360,10 +360,3 @@ def convert_ncsnpp_flax(checkpoint: str | Path, out: str | Path, sets: list[str]
         raise
     return out
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

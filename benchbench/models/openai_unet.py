@@ -24,7 +24,6 @@ whatever ``use_new_attention_order`` says (its flash and legacy paths rearrange 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -37,8 +36,8 @@ from typing import Any, Callable
 import torch
 
 from benchbench.errors import CheckpointError, InvalidArgument, UnknownName, first_line
+from benchbench.models.store import CONVERSION, _quiet, file_sha256, set_attention_heads
 
-CONVERSION = "conversion.json"  # beside model_index.json; read by benchbench.models.store
 NUM_CLASSES = 1000  # class_cond in all three repos means ImageNet's 1000 classes
 CONSISTENCY_MODES = ("consistency_distillation", "consistency_training")
 
@@ -416,13 +415,6 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _ddpm_scheduler(flags: dict[str, Any]) -> Any:
     """improved-diffusion's β schedules as diffusers names them: linear (β from 0.0001·1000/T to
@@ -473,8 +465,6 @@ def convert(checkpoint: str | Path, out: str | Path, profile: str | None = None,
     """
     from diffusers import ConsistencyModelPipeline, DDPMPipeline
 
-    from benchbench.models.store import _quiet
-
     checkpoint, out = Path(checkpoint), Path(out)
     flags = resolve_flags(profile, settings)
     if out.exists():
@@ -487,7 +477,7 @@ def convert(checkpoint: str | Path, out: str | Path, profile: str | None = None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipeline.save_pretrained(tmp)
-        record["source"] = {"checkpoint": checkpoint.name, "sha256": _sha256(checkpoint), "profile": profile,
+        record["source"] = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint), "profile": profile,
                             "flags": flags}
         (tmp / CONVERSION).write_text(json.dumps(record, indent=2) + "\n")
         os.rename(tmp, out)
@@ -496,40 +486,3 @@ def convert(checkpoint: str | Path, out: str | Path, profile: str | None = None,
         raise
     return out
 
-
-def timestep_scale(folder: str | Path) -> float:
-    """The factor a converted folder's network takes its timestep with (1 when there is no record)."""
-    path = Path(folder) / CONVERSION
-    if not path.is_file():
-        return 1.0
-    try:
-        scale = float(json.loads(path.read_text()).get("timestep_scale", 1.0))
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise CheckpointError(f"corrupt {path}: {first_line(exc)}") from exc
-    if not math.isfinite(scale) or scale <= 0:
-        raise CheckpointError(f"{path}: timestep_scale must be a positive number, got {scale}")
-    return scale
-
-
-def attention_heads(folder: str | Path) -> dict[str, int]:
-    """Per-attention head counts a converted folder's UNet needs beyond its config (empty when none)."""
-    path = Path(folder) / CONVERSION
-    if not path.is_file():
-        return {}
-    heads = json.loads(path.read_text()).get("attention_heads") or {}
-    if not isinstance(heads, dict) or not all(isinstance(v, int) and v > 0 for v in heads.values()):
-        raise CheckpointError(f"corrupt {path}: attention_heads must map module names to head counts")
-    return heads
-
-
-def set_attention_heads(unet: torch.nn.Module, heads: dict[str, int]) -> None:
-    """Give each named attention of ``unet`` its original number of heads (same weights, same width)."""
-    for name, count in heads.items():
-        try:
-            attention = unet.get_submodule(name)
-        except AttributeError as exc:
-            raise CheckpointError(f"conversion record names attention {name!r}, which this UNet lacks") from exc
-        width = attention.to_q.out_features
-        if width % count:
-            raise CheckpointError(f"conversion record: {count} heads do not divide {name!r}'s {width} channels")
-        attention.heads, attention.scale = count, (width // count) ** -0.5

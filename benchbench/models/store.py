@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -31,6 +32,8 @@ from benchbench.errors import CheckpointError, first_line
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MANIFEST = "manifest.json"
+# What a converted folder computes beyond its diffusers configs (written by `bench convert openai-unet`).
+CONVERSION = "conversion.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -176,8 +179,6 @@ def load_unet(ref: str, kind: str) -> torch.nn.Module:
     """The ``unet/`` of a pipeline folder or hub id, computing what its original computed: wrapped in
     :class:`RescaledTimesteps`, and its attentions given their original head counts, when the folder's
     ``conversion.json`` (``bench convert``) says so."""
-    from benchbench.models.openai_unet import attention_heads, set_attention_heads, timestep_scale
-
     unet = _load(unet_class(ref, kind), ref, kind, subfolder="unet")
     where = Path(resolve(ref, kind))
     if not where.is_dir():
@@ -211,6 +212,15 @@ def hub_revision(repo: str, revision: str | None = None) -> str | None:
         return None
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of one file's bytes (hex), read in 1 MiB blocks so large checkpoints are not held in memory."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fingerprint(ref: str, kind: str) -> str:
     """A content hash that changes whenever the weights or configs change: ``sha256:…`` over every file of
     a local folder except the manifest, or ``hub:<id>@<commit>`` for a hub id, the commit it resolved to in
@@ -232,3 +242,41 @@ def read_manifest(ref: str, kind: str) -> dict[str, Any] | None:
     where = resolve(ref, kind)
     path = Path(where) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def timestep_scale(folder: str | Path) -> float:
+    """The factor a converted folder's network takes its timestep with (1 when there is no record)."""
+    path = Path(folder) / CONVERSION
+    if not path.is_file():
+        return 1.0
+    try:
+        scale = float(json.loads(path.read_text()).get("timestep_scale", 1.0))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"corrupt {path}: {first_line(exc)}") from exc
+    if not math.isfinite(scale) or scale <= 0:
+        raise CheckpointError(f"{path}: timestep_scale must be a positive number, got {scale}")
+    return scale
+
+
+def attention_heads(folder: str | Path) -> dict[str, int]:
+    """Per-attention head counts a converted folder's UNet needs beyond its config (empty when none)."""
+    path = Path(folder) / CONVERSION
+    if not path.is_file():
+        return {}
+    heads = json.loads(path.read_text()).get("attention_heads") or {}
+    if not isinstance(heads, dict) or not all(isinstance(v, int) and v > 0 for v in heads.values()):
+        raise CheckpointError(f"corrupt {path}: attention_heads must map module names to head counts")
+    return heads
+
+
+def set_attention_heads(unet: torch.nn.Module, heads: dict[str, int]) -> None:
+    """Give each named attention of ``unet`` its original number of heads (same weights, same width)."""
+    for name, count in heads.items():
+        try:
+            attention = unet.get_submodule(name)
+        except AttributeError as exc:
+            raise CheckpointError(f"conversion record names attention {name!r}, which this UNet lacks") from exc
+        width = attention.to_q.out_features
+        if width % count:
+            raise CheckpointError(f"conversion record: {count} heads do not divide {name!r}'s {width} channels")
+        attention.heads, attention.scale = count, (width // count) ** -0.5
