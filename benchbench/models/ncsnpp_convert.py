@@ -20,8 +20,6 @@ from __future__ import annotations
 import ast
 import difflib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 
 from benchbench.errors import CheckpointError, InvalidArgument, first_line
-from benchbench.models.store import file_sha256
+from benchbench.models.store import file_sha256, new_folder
 
 # configs/cifar10_ve_cd.py and cifar10_ve_ct_*.py (model.*) and the KVESDE they sample with.
 FLAGS: dict[str, Any] = {
@@ -349,14 +347,8 @@ def convert_ncsnpp_flax(checkpoint: str | Path, out: str | Path, sets: list[str]
                 "checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
                 "flags": {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items()},
                 "consistency_function": "models/utils.get_distiller_fn with pred_t = t_min"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with new_folder(out) as tmp:
         ConsistencyModelPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 

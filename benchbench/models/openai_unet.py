@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from benchbench.errors import CheckpointError, InvalidArgument, UnknownName, first_line
-from benchbench.models.store import CONVERSION, _quiet, file_sha256, set_attention_heads
+from benchbench.models.store import CONVERSION, _quiet, file_sha256, new_folder, set_attention_heads
 
 NUM_CLASSES = 1000  # class_cond in all three repos means ImageNet's 1000 classes
 CONSISTENCY_MODES = ("consistency_distillation", "consistency_training")
@@ -473,16 +470,10 @@ def convert(checkpoint: str | Path, out: str | Path, profile: str | None = None,
     _quiet()
     unet, scheduler, record = build(state, flags)
     pipeline = (ConsistencyModelPipeline if flags["training_mode"] else DDPMPipeline)(unet=unet, scheduler=scheduler)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with new_folder(out) as tmp:
         pipeline.save_pretrained(tmp)
         record["source"] = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint), "profile": profile,
                             "flags": flags}
         (tmp / CONVERSION).write_text(json.dumps(record, indent=2) + "\n")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
