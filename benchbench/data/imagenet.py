@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from benchbench.data.dataset import ImageDataset, LazyImages, register_dataset
-from benchbench.errors import BenchError, InvalidArgument
+from benchbench.errors import BenchError, InvalidArgument, first_line
 
 DEFAULT_SIZE = 256
 WNID = re.compile(r"n\d{8}")
@@ -132,7 +132,7 @@ def load_imagenet(split: str, data_dir: str = "data", arg: str | None = None) ->
             folder = ImageFolder(str(root), transform=transform)
             wnids, labels, source = folder.classes, list(folder.targets), root
     except (RuntimeError, FileNotFoundError, OSError) as exc:  # a corrupt meta.bin, an empty class folder
-        raise BenchError(f"imagenet: {root}: {str(exc).splitlines()[0]}") from None
+        raise BenchError(f"imagenet: {root}: {first_line(exc)}") from None
     meta = {"source": str(source.resolve()), "layout": layout, "label_order": "sorted wnid",
             "size": size, "resize": resize, "crop": "center"}
     return ImageDataset("imagenet", split, lazy_images(folder, size, "imagenet"),

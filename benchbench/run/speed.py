@@ -10,7 +10,7 @@ from typing import Iterable
 
 import torch
 
-from benchbench.errors import InvalidArgument
+from benchbench.errors import InvalidArgument, first_line
 
 
 def apply_speed_options(networks: Iterable[torch.nn.Module], *, channels_last: bool = False,
@@ -34,7 +34,7 @@ def apply_speed_options(networks: Iterable[torch.nn.Module], *, channels_last: b
                 net.forward = torch.compile(net.forward, dynamic=None)
             except Exception as exc:  # no compiler backend on this machine: one line, before anything runs
                 raise InvalidArgument(f"--compile: torch.compile is not available here "
-                                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+                                      f"({type(exc).__name__}: {first_line(exc)[:120]})") from None
             net._bench_compiled = True
 
 
