@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DESCRIPTIONS: dict[str, str] = {
-    "quick": "about 12 minutes on 2 idle CPU cores for every built-in purifier: for trying things, not for citing "
+    "quick": "about 4 minutes on 2 idle CPU cores for every built-in purifier: for trying things, not for citing "
              "(30 images, n0 = 16, n = 128, α = 0.001; the radius cap is 1.62·σ)",
     "paper": "Li et al. 2024 (Consistency Purification, §5 Experimental settings): 500 test images at a fixed "
              "stride (all 450 on digits, every 20th on CIFAR-10, every 100th on ImageNet-64), n0 = 100, "
