@@ -104,3 +104,17 @@ def test_a_preset_keeps_dataset_options_given_on_the_command_line_and_names_its_
                          ("paper", "Li et al. 2024")):
         assert source in DESCRIPTIONS[name]
     assert set(DESCRIPTIONS) == set(PRESETS)
+
+
+def test_the_dds_preset_runs_every_image_its_stride_gives(tmp_path):
+    """DDS's protocol names a stride, not an image count: `bench run --preset dds` certifies every test image
+    at skip 1 (all 450 digits) instead of refusing a count the test set cannot fill."""
+    import pandas as pd
+
+    from benchbench.cli import main
+
+    out = tmp_path / "dds"
+    assert main(["run", "--preset", "dds", "--purifiers", "identity", "--sigmas", "0.5", "--n0", "2", "--n", "4",
+                 "--no-report", "--out", str(out)]) == 0
+    rows = pd.read_csv(next(out.glob("certify_*.tsv")), sep="\t")
+    assert rows["idx"].tolist() == list(range(450))

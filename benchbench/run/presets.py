@@ -12,9 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# Every image of any test set benchbench reads (ImageNet's val set has 50,000): with skip = 1 or 50 the
-# stride alone chooses the images, as in the sources' certify.py loops (`if i % skip != 0: continue`).
-ALL_IMAGES = 50_000
 # torchvision's Resize(256) + CenterCrop(224): the ImageNet test set of locuslab/smoothing's
 # code/datasets.py (`_imagenet`) and of DDS's imagenet/certify.py.
 IMAGENET_224 = "size=224:resize=256"
@@ -42,7 +39,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # σ = 0.25, 0.5, 1.0 (the paper's tables; the README's commands show --sigma 1.00); ImageNet images as
     # imagenet/certify.py crops them.
     "dds": dict(dataset="digits", sigmas=(0.25, 0.5, 1.0), n0=100, n=100_000, alpha=0.001,
-                num_images=ALL_IMAGES, skip=1, batch_size=1000, seed=0,
+                # num_images None: the stride alone chooses the images, as in DDS's certify.py loops
+                # (`if i % skip != 0: continue`), over the whole test set
+                num_images=None, skip=1, batch_size=1000, seed=0,
                 by_dataset={"imagenet": dict(skip=50, n=10_000, dataset_options=IMAGENET_224)}),
     "reference": dict(dataset="digits", sigmas=(0.25, 0.5), n0=100, n=10_000, alpha=0.001,
                       num_images=450, skip=None, batch_size=1000, seed=0),

@@ -62,7 +62,7 @@ class RunConfig:
     n0: int = 100
     n: int = 10_000
     alpha: float = 0.001
-    num_images: int = 500
+    num_images: int | None = 500  # None: every image the stride gives (a preset's "the whole test set")
     skip: int | None = None
     batch_size: int = 1000
     seed: int = 0
@@ -100,7 +100,7 @@ class RunConfig:
             keys[sigma_key(sigma)] = sigma
         check_protocol(sigma=1.0, n0=self.n0, n=self.n, alpha=self.alpha)
         for name in ("num_images", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InvalidArgument(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.skip is not None and self.skip < 1:
             raise InvalidArgument(f"skip must be >= 1, got {self.skip}")
@@ -161,9 +161,9 @@ class RunConfig:
         return cls(purifiers=parse_purifier_list(args.purifiers), preset=args.preset, **values)
 
     def image_indices(self, test_size: int) -> list[int]:
-        """Test-set indices to certify: every ``skip``-th, at most ``num_images``; when skip is None, the
-        stride that spreads num_images over the test set (the whole set when it is smaller)."""
-        stride = self.skip or max(1, test_size // self.num_images)
+        """Test-set indices to certify: every ``skip``-th, at most ``num_images`` (None: no cap); when skip is
+        None, the stride that spreads num_images over the test set (the whole set when it is smaller)."""
+        stride = self.skip or (1 if self.num_images is None else max(1, test_size // self.num_images))
         return list(range(0, test_size, stride))[: self.num_images]
 
 
@@ -296,7 +296,7 @@ def prepare(config: RunConfig) -> Prepared:
     check_output_location(run_dir)
     check_unlocked(run_dir)
     ctx = build_context(config, device)
-    if config.skip is not None and len(ctx.indices) < config.num_images:
+    if config.skip is not None and config.num_images is not None and len(ctx.indices) < config.num_images:
         raise InvalidArgument(f"--skip {config.skip} over the {len(ctx.test):,} test images gives {len(ctx.indices)} "
                               f"images, not the {config.num_images} asked for; lower --skip or --num-images")
     files = [
