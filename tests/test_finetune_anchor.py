@@ -47,3 +47,13 @@ def test_at_sigma_0_3_the_nearest_level_is_trained_and_not_anchored():
 def test_at_the_shipped_sigmas_the_nearest_level_is_the_next_one_up():
     # So the rule's fix changes no level the shipped settings (σ = 0.25, 0.5, 1, nearest) would anchor.
     assert anchor_levels(GRID, [0.25, 0.5, 1.0], "nearest") == anchor_levels(GRID, [0.25, 0.5, 1.0], "topup")
+
+
+def test_nearest_log_trains_and_leaves_unanchored_only_the_level_nearest_in_ratio():
+    # At σ = 0.75 (2σ = 1.5) the two nearest rules part: in ratio level 8, in absolute difference level 9.
+    target = 2 * 0.75
+    by_ratio = min(range(LEVELS - 1), key=lambda k: abs(math.log(GRID[k]) - math.log(target)))
+    by_difference = min(range(LEVELS - 1), key=lambda k: abs(float(GRID[k]) - target))
+    assert by_ratio != by_difference
+    for mode, trained in (("nearest-log", by_ratio), ("nearest", by_difference)):
+        assert anchor_levels(GRID, [0.75], mode) == [k for k in range(LEVELS - 1) if k != trained]

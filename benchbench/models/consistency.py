@@ -187,17 +187,23 @@ def level_nearest(sigmas: torch.Tensor, level: float, rule: str = "absolute") ->
     raise InvalidArgument(f"unknown nearest-level rule {rule!r} (available: absolute, log)")
 
 
+def grid_level(sigmas: torch.Tensor, sigma: float, mode: str) -> int:
+    """The grid index the first network call of ``mode`` is tied to at image-scale σ: the level nearest to 2σ
+    by the mode's rule for ``nearest`` / ``nearest-log`` (where f is called), else the first level ≥ 2σ
+    (``topup`` calls f there; ``exact`` calls f at 2σ, at or just below it, and continues below it)."""
+    check_sigma_mode(mode)
+    if mode in NEAREST_RULES:
+        return level_nearest(sigmas, 2 * sigma, NEAREST_RULES[mode])
+    return level_at_or_above(sigmas, 2 * sigma)
+
+
 def assumed_level(sigmas: torch.Tensor, sigma: float, mode: str) -> float:
     """The noise level (model scale) that the first network call of ``mode`` assumes at image-scale σ:
     2σ for ``exact``, the nearest grid level for ``nearest`` / ``nearest-log`` (each by its rule), the next
     level ≥ 2σ for ``topup`` (where the input's noise is raised to it). ``assumed_level / (2σ) − 1`` is the
     mismatch or inflation."""
     check_sigma_mode(mode)
-    if mode == "exact":
-        return 2 * sigma
-    if mode in NEAREST_RULES:
-        return float(sigmas[level_nearest(sigmas, 2 * sigma, NEAREST_RULES[mode])])
-    return float(sigmas[level_at_or_above(sigmas, 2 * sigma)])
+    return 2 * sigma if mode == "exact" else float(sigmas[grid_level(sigmas, sigma, mode)])
 
 
 def first_call(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, mode: str,
@@ -221,10 +227,8 @@ def first_call(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, mod
     if mode == "topup":
         x, k = top_up(x, 2 * sigma, model.sigmas, noise)
         return x, float(model.sigmas[k]), k
-    if mode in NEAREST_RULES:
-        k = level_nearest(model.sigmas, 2 * sigma, NEAREST_RULES[mode])
-        return x, float(model.sigmas[k]), k
-    return x, 2 * sigma, level_at_or_above(model.sigmas, 2 * sigma)
+    k = grid_level(model.sigmas, sigma, mode)
+    return x, 2 * sigma if mode == "exact" else float(model.sigmas[k]), k
 
 
 def purify(model: ConsistencyModel, x_noisy: torch.Tensor, sigma: float, noise: Noise = None,

@@ -31,8 +31,7 @@ from tqdm.auto import tqdm
 
 from benchbench.data.dataset import get_dataset
 from benchbench.errors import InvalidArgument
-from benchbench.models.consistency import (ConsistencyModel, assumed_level, first_call, level_at_or_above,
-                                           level_nearest, load_consistency)
+from benchbench.models.consistency import ConsistencyModel, assumed_level, first_call, grid_level, load_consistency
 from benchbench.models.store import embedded_path, fingerprint, read_manifest
 from benchbench.models.perceptual import Distance, distance_record, get_distance, resolve_distance
 from benchbench.models.sigma_modes import DEFAULT_SIGMA_MODE, check_sigma_mode
@@ -75,15 +74,13 @@ def finetune_loss(model: ConsistencyModel, x: torch.Tensor, sigmas: Sequence[flo
 
 def trained_levels(sigmas: torch.Tensor, sigma: float, sigma_mode: str) -> set[int]:
     """Indices into the grid ``sigmas`` of the levels fine-tuning at image-scale σ trains in ``sigma_mode``:
-    the level the purifier calls the model at (``nearest``: the nearest to 2σ; ``topup``: the next at or
-    above 2σ); ``exact`` trains at 2σ itself, between grid levels, so both levels around it count."""
-    check_sigma_mode(sigma_mode)
-    if sigma_mode == "nearest":
-        return {level_nearest(sigmas, 2 * sigma)}
-    above = level_at_or_above(sigmas, 2 * sigma)
-    if sigma_mode == "topup" or abs(float(sigmas[above]) / (2 * sigma) - 1) < 1e-9:
-        return {above}
-    return {above, above + 1}  # the grid descends: above + 1 is the level just below 2σ
+    the level the purifier calls the model at (``nearest`` / ``nearest-log``: the nearest to 2σ by each one's
+    rule; ``topup``: the next at or above 2σ); ``exact`` trains at 2σ itself, between grid levels, so both
+    levels around it count."""
+    k = grid_level(sigmas, sigma, sigma_mode)
+    if sigma_mode != "exact" or abs(float(sigmas[k]) / (2 * sigma) - 1) < 1e-9:
+        return {k}
+    return {k, k + 1}  # the grid descends: k + 1 is the level just below 2σ
 
 
 def anchor_levels(sigmas: torch.Tensor, train_sigmas: Sequence[float], sigma_mode: str) -> list[int]:
