@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+from scipy.special import ndtri
 from scipy.stats import norm
 
 from benchbench.errors import InvalidArgument, RunConflict
@@ -302,7 +303,7 @@ def radius_limit(sigma: float, n: float, alpha: float | None) -> float:
     stopping rule. With n or α unknown (NaN or None), σ times the largest z with Φ(z) < 1."""
     if alpha is None or not (n >= 1):  # NaN n fails the comparison
         return sigma * _Z_CAP
-    return sigma * min(float(norm.ppf(alpha ** (1.0 / n))), _Z_CAP)
+    return sigma * min(float(ndtri(alpha ** (1.0 / n))), _Z_CAP)
 
 
 def _check_radius(row: dict[str, Any], sigma: float, alpha: float | None, imported: bool) -> None:
@@ -318,8 +319,9 @@ def _check_radius(row: dict[str, Any], sigma: float, alpha: float | None, import
         return
     if pa < 0.5 - _PA_ROUNDING:
         raise ValueError(f"pa_lower {pa:g} is below 1/2, where CERTIFY abstains, yet predict is {row['predict']}")
-    low = sigma * float(norm.ppf(max(0.5, pa - _PA_ROUNDING)))
-    high = sigma * float(norm.ppf(min(1.0, pa + _PA_ROUNDING)))
+    # ndtri is the Φ⁻¹ norm.ppf computes, bit for bit, without its ~30 µs wrapper: this runs on every row read
+    low = sigma * float(ndtri(max(0.5, pa - _PA_ROUNDING)))
+    high = sigma * float(ndtri(min(1.0, pa + _PA_ROUNDING)))
     if not low * (1 - _RADIUS_ROUNDING) - 1e-12 <= radius <= high * (1 + _RADIUS_ROUNDING) + 1e-12:
         raise ValueError(f"radius {radius:g} is not σ·Φ⁻¹(pa_lower) = {sigma * float(norm.ppf(pa)):.6g} "
                          f"(σ = {sigma:g}, pa_lower = {pa:g})")
