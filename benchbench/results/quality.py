@@ -21,7 +21,6 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import pandas as pd
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from benchbench.smoothing.certify import certification_batches, noisy_batches
 from benchbench.errors import BenchError, InvalidArgument, PluginFault, first_line
@@ -44,6 +43,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM of two batches (B, C, H, W) in [0, 1]: torchmetrics' defaults, Wang et al.'s Gaussian
     window (σ = 1.5, 11 taps, reflect-padded, so images of 6 pixels a side or more); a smaller image gets
     the uniform window of the largest odd size that fits."""
+    # imported here, not at the top: every `bench run` imports this module, and torchmetrics takes seconds
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     side = min(a.shape[-2:])
     kw = {} if side > 5 else {"gaussian_kernel": False, "kernel_size": side if side % 2 else side - 1}
     return structural_similarity_index_measure(a.float(), b.float(), data_range=1.0, reduction="none", **kw)
@@ -51,6 +53,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of two batches (B, C, H, W) in [0, 1] (data range 1), capped at 100 dB."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # see ssim()
+
     value = peak_signal_noise_ratio(a.float(), b.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
     return value.clamp(max=PSNR_CAP_DB)
 
