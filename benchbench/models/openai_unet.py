@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from benchbench.errors import CheckpointError, InvalidArgument, UnknownName, first_line
-from benchbench.models.store import CONVERSION, _quiet, file_sha256, new_folder, set_attention_heads
+from benchbench.models.store import CONVERSION, _quiet, file_sha256, new_folder
 
 NUM_CLASSES = 1000  # class_cond in all three repos means ImageNet's 1000 classes
 CONSISTENCY_MODES = ("consistency_distillation", "consistency_training")
@@ -447,9 +447,8 @@ def build(state: dict[str, torch.Tensor], flags: dict[str, Any]) -> tuple[Any, A
     unet = UNet2DModel(**arch.diffusers_config())
     unet.load_state_dict(convert_state_dict(state, arch, unet.state_dict()), strict=True)
     record: dict[str, Any] = {"timestep_scale": scale}
-    if arch.head_overrides:
+    if arch.head_overrides:  # heads are not in a saved UNet's config: load_unet sets them from the record
         record["attention_heads"] = arch.head_overrides
-        set_attention_heads(unet, arch.head_overrides)
     return unet.eval(), scheduler, record
 
 
