@@ -241,6 +241,21 @@ def test_bad_files_and_names_are_one_line_and_write_nothing(world, tmp_path, cap
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"attention_heads": {"mid": 0}}',
+                                  '{"timestep_scale": "fast"}'])
+def test_a_corrupt_conversion_record_is_a_checkpoint_error(world, tmp_path, text):
+    import shutil
+
+    from benchbench.errors import CheckpointError
+    from benchbench.models.store import load_ddpm
+
+    folder = tmp_path / "copy"
+    shutil.copytree(world["dds-cifar10"][0], folder)
+    (folder / "conversion.json").write_text(text)
+    with pytest.raises(CheckpointError, match="conversion.json"):
+        load_ddpm(str(folder))
+
+
 def test_conversion_record_names_its_source_and_timestep_scale(world):
     import json
 

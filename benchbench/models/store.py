@@ -187,8 +187,9 @@ def load_unet(ref: str, kind: str) -> torch.nn.Module:
     where = Path(resolve(ref, kind))
     if not where.is_dir():
         return unet
-    set_attention_heads(unet, attention_heads(where))
-    scale = timestep_scale(where)
+    record = conversion_record(where)
+    set_attention_heads(unet, attention_heads(record, where))
+    scale = timestep_scale(record, where)
     return unet if scale == 1.0 else RescaledTimesteps(unet, scale)
 
 
@@ -262,28 +263,40 @@ def read_manifest(ref: str, kind: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def timestep_scale(folder: str | Path) -> float:
-    """The factor a converted folder's network takes its timestep with (1 when there is no record)."""
+def conversion_record(folder: str | Path) -> dict[str, Any]:
+    """A converted folder's ``conversion.json`` (``bench convert``) as a dict; {} when the folder has none."""
     path = Path(folder) / CONVERSION
     if not path.is_file():
-        return 1.0
+        return {}
     try:
-        scale = float(json.loads(path.read_text()).get("timestep_scale", 1.0))
-    except (ValueError, AttributeError, TypeError) as exc:
+        record = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"corrupt {path}: {first_line(exc)}") from exc
+    if not isinstance(record, dict):
+        raise CheckpointError(f"corrupt {path}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def timestep_scale(record: dict[str, Any], folder: str | Path) -> float:
+    """The factor a converted folder's network takes its timestep with, from its :func:`conversion_record`
+    (1 when it records none)."""
+    path = Path(folder) / CONVERSION
+    try:
+        scale = float(record.get("timestep_scale", 1.0))
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"corrupt {path}: {first_line(exc)}") from exc
     if not math.isfinite(scale) or scale <= 0:
         raise CheckpointError(f"{path}: timestep_scale must be a positive number, got {scale}")
     return scale
 
 
-def attention_heads(folder: str | Path) -> dict[str, int]:
-    """Per-attention head counts a converted folder's UNet needs beyond its config (empty when none)."""
-    path = Path(folder) / CONVERSION
-    if not path.is_file():
-        return {}
-    heads = json.loads(path.read_text()).get("attention_heads") or {}
+def attention_heads(record: dict[str, Any], folder: str | Path) -> dict[str, int]:
+    """Per-attention head counts a converted folder's UNet needs beyond its config, from its
+    :func:`conversion_record` (empty when none)."""
+    heads = record.get("attention_heads") or {}
     if not isinstance(heads, dict) or not all(isinstance(v, int) and v > 0 for v in heads.values()):
-        raise CheckpointError(f"corrupt {path}: attention_heads must map module names to head counts")
+        raise CheckpointError(f"corrupt {Path(folder) / CONVERSION}: attention_heads must map module names to "
+                              f"head counts")
     return heads
 
 
