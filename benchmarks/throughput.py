@@ -4,7 +4,6 @@
                                           [--device cpu|cuda] [--precision fp32|bf16|fp16] [--channels-last]
                                           [--compile] [--repeat R]
     python benchmarks/throughput.py cpu   [--n 2000] [--images 1] [--repeat 5] [--no-compile]
-    python benchmarks/throughput.py noise [--rows 10000] [--repeat 5]
 
 ``ratio``: for each purifier, certification of ``--images`` digits at σ = 0.5 with n0 = 100 and ``--n`` by
 the harness (:func:`benchbench.run.runner.certify_task`: keyed noise, per-copy purifier noise, output checks,
@@ -16,14 +15,13 @@ under the same autocast (like with like).
 ``cpu``: the ddpm loop under each CPU option, the bare loop and the harness, side by side in one process —
 torch threads, no_grad vs inference_mode, batch size, channels_last, torch.compile, and the harness with
 the winning options combined — each timed ``--repeat`` times, the options alternated within every repeat
-(starting at a different option each time, so load that drifts over the run spreads over all of them). Prints the median samples/s, the min–max over
-the repeats, the median against the default's, and whether the labels (bare loop) or rows (harness) are
-identical to the default's. torch.compile's compile time is measured apart (its first, cold run minus its
-median warm run) and amortised over the reference protocol's 9.09 million ddpm samples.
+(starting at a different option each time, so load that drifts over the run spreads over all of them).
+Prints the median samples/s, the min–max over the repeats, the median against the default's, and whether
+the labels (bare loop) or rows (harness) are identical to the default's. torch.compile's compile time is
+measured apart (its first, cold run minus its median warm run) and amortised over the reference protocol's
+9.09 million ddpm samples.
 
-``noise``: CPU seconds (process time, so other load on the machine inflates it little) per noisy copy of a
-stochastic purifier's per-copy streams (:class:`benchbench.smoothing.noise.CopyNoise`) on 8×8 digits:
-creating a batch's generators, and one draw; the CPU side of a GPU run of ``sde`` and ``densepure``.
+The CPU cost of a stochastic purifier's per-copy noise streams is ``benchmarks/noise_throughput.py``'s.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ import torch
 
 from benchbench.run.plan import Task, images_per_task
 from benchbench.registry import PurifierSpec, purify
-from benchbench.run.runner import PRECISIONS, RunConfig, build_context, certify_task
+from benchbench.run.runner import RunConfig, autocast, build_context, certify_task
 
 # ddpm's samples in the reference protocol: 450 digits × 2 σ × (100 + 10,000) copies
 REFERENCE_SAMPLES = 450 * 2 * 10_100
@@ -57,19 +55,13 @@ class SharedNoise:
         return self
 
 
-def autocast(ctx):
-    """The run's autocast (none for fp32), the one the harness applies, for the bare loop too."""
-    dtype = PRECISIONS[ctx.config.precision]
-    return torch.autocast(ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def bare_loop(ctx, label: str, indices, n0: int, n: int, batch_size: int,
               mode=torch.inference_mode) -> list[torch.Tensor]:
     """Labels of every noisy copy, the way a plain script computes them (under the run's precision)."""
     purifier, out = ctx.purifiers[label], []
     gen = torch.Generator().manual_seed(0)
     noise = SharedNoise(1)
-    with mode(), autocast(ctx):
+    with mode(), autocast(ctx):  # the harness's autocast, so both loops compute at the same precision
         for idx in indices:
             x = ctx.test.images[idx].to(ctx.device)
             for total in (n0, n):
@@ -206,23 +198,6 @@ def cpu(args: argparse.Namespace) -> None:
                   f"+ compile vs eager {eager_s / 3600:.2f} h = {(run_s + compile_s) / eager_s:.2f}× the time")
 
 
-def noise(args: argparse.Namespace) -> None:
-    from benchbench.smoothing.noise import CopyNoise
-
-    x = torch.zeros(args.rows, 1, 8, 8)
-    create, draw = [], []
-    for _ in range(args.repeat):
-        t = time.process_time()
-        streams = CopyNoise(0, SIGMA, [3] * args.rows, list(range(args.rows)))
-        create.append((time.process_time() - t) / args.rows)
-        t = time.process_time()
-        streams.randn_like(x)
-        draw.append((time.process_time() - t) / args.rows)
-    print(f"per copy, median of {args.repeat} ([min, max]), {args.rows:,} rows, {torch.get_num_threads()} thread(s):")
-    for name, v in (("create the generator", create), ("one draw of 8×8", draw)):
-        print(f"  {name}: {statistics.median(v) * 1e6:.1f} µs [{min(v) * 1e6:.1f}, {max(v) * 1e6:.1f}]")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -241,11 +216,8 @@ def main() -> None:
     c.add_argument("--images", type=int, default=1)
     c.add_argument("--repeat", type=int, default=5)
     c.add_argument("--no-compile", action="store_true", help="leave torch.compile out (no compiler here)")
-    z = sub.add_parser("noise")
-    z.add_argument("--rows", type=int, default=10_000)
-    z.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    {"ratio": ratio, "cpu": cpu, "noise": noise}[args.what](args)
+    {"ratio": ratio, "cpu": cpu}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -357,7 +357,8 @@ def prepare(config: RunConfig) -> Prepared:
     return p
 
 
-def _autocast(ctx: Context):
+def autocast(ctx: Context):
+    """The run's autocast context (disabled for fp32): the precision every network call of the run uses."""
     dtype = PRECISIONS[ctx.config.precision]
     return torch.autocast(ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
@@ -433,7 +434,7 @@ def _classify_chunk(ctx: Context, label: str, sigma: float, batch: torch.Tensor,
     def where(row: int | None) -> str:
         return f"purifier {label!r} at σ={sigma:g}, image {idx[row or 0]}"
 
-    with _autocast(ctx):
+    with autocast(ctx):
         try:
             out = checked_purify(purifier, batch, sigma, noise)
         except OutputError as exc:
