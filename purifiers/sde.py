@@ -11,8 +11,9 @@ from purifiers.diffusion import DDPMBase
 class SDEPurifier(DDPMBase):
     """Reverse SDE: ancestral DDPM steps from t* down to 0 over `steps` timesteps (`steps` calls); one sample, not DensePure.
 
-    The step is diffusers' ``DDPMScheduler.step`` (custom timesteps, the checkpoint's variance type and
-    clipping) with the noise of each step drawn from each copy's own stream (:meth:`DDPMBase.reverse_sde`)."""
+    The step is :func:`purifiers.diffusion.ancestral_step`, what diffusers' ``DDPMScheduler.step`` computes
+    (custom timesteps, the checkpoint's variance type and clipping), with the noise of each step drawn from
+    each copy's own stream (:meth:`DDPMBase.reverse_sde`)."""
 
     stochastic = True  # called with the batch's CopyNoise
 
